@@ -1,0 +1,53 @@
+// Builds the CLI bundle (dist/) and the native namespace helper.
+// Bundling matters for start-up: one file parses faster than hundreds of
+// node_modules lookups, and ink/React sit in a lazily loaded chunk.
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const dist = join(root, 'dist');
+
+let esbuild;
+try {
+  esbuild = await import('esbuild');
+} catch {
+  // Installed as a dependency without devDependencies: dist/ ships prebuilt.
+  if (existsSync(join(dist, 'main.js'))) process.exit(0);
+  console.error('envy build: esbuild is missing; run `npm ci` in the envy checkout');
+  process.exit(1);
+}
+
+rmSync(dist, { recursive: true, force: true });
+mkdirSync(dist, { recursive: true });
+
+await esbuild.build({
+  entryPoints: { main: join(root, 'src/cli/main.ts') },
+  outdir: dist,
+  bundle: true,
+  splitting: true,
+  format: 'esm',
+  platform: 'node',
+  target: 'node20',
+  sourcemap: 'linked',
+  chunkNames: 'chunks/[name]-[hash]',
+  logLevel: 'warning',
+  // Some bundled CommonJS dependencies call require(); give ESM output one.
+  banner: { js: "import { createRequire as __envyCreateRequire } from 'node:module'; const require = __envyCreateRequire(import.meta.url);" },
+  define: { 'process.env.NODE_ENV': '"production"', ENVY_VERSION: JSON.stringify(process.env.npm_package_version ?? (await import(join(root, 'package.json'), { with: { type: 'json' } })).default.version) },
+  // react-devtools-core is an optional ink dependency, only used when DEV=true.
+  external: ['react-devtools-core'],
+});
+
+const helperSource = join(root, 'native/envy-ns.c');
+if (existsSync(helperSource)) {
+  const cc = process.env.CC ?? 'cc';
+  try {
+    execFileSync(cc, ['-O2', '-Wall', '-Wextra', '-Werror', '-std=gnu11', '-o', join(dist, 'envy-ns'), helperSource], { stdio: 'inherit' });
+  } catch (error) {
+    console.error(`envy build: could not compile native/envy-ns.c with ${cc} (${error.message.split('\n')[0]}); ` +
+      'install a C compiler (Debian/Ubuntu: sudo apt-get install -y gcc libc6-dev) and run `npm run build`');
+    process.exit(1);
+  }
+}

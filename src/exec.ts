@@ -1,0 +1,84 @@
+/**
+ * The one door through which envy runs external programs. It records every
+ * command line (shown with --debug) and turns failures into EnvyErrors that
+ * name the program and the tail of its stderr, so no caller has to.
+ */
+import type { Options, Result } from 'execa';
+import { EnvyError, type ErrorCode } from './errors.js';
+
+const STDERR_TAIL_LINES = 20;
+
+let debugSink: ((line: string) => void) | undefined;
+
+/** Route recorded command lines somewhere (the CLI sets this under --debug). */
+export function setDebugSink(sink: ((line: string) => void) | undefined): void {
+  debugSink = sink;
+}
+
+export function debug(line: string): void {
+  debugSink?.(line);
+}
+
+export function quoteArg(arg: string): string {
+  return /^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, `'\\''`)}'`;
+}
+
+export function formatCommand(file: string, args: readonly string[]): string {
+  return [file, ...args].map(quoteArg).join(' ');
+}
+
+export function stderrTail(stderr: unknown, lines = STDERR_TAIL_LINES): string {
+  const text = typeof stderr === 'string' ? stderr : Buffer.isBuffer(stderr) ? stderr.toString('utf8') : '';
+  return text.trimEnd().split('\n').slice(-lines).join('\n');
+}
+
+export interface RunOptions extends Options {
+  /** Error code used when the program fails (default EXEC). */
+  errorCode?: ErrorCode;
+  /** A hint attached to the error when the program fails. */
+  hint?: string;
+}
+
+/**
+ * Run a program to completion. Resolves with execa's result; rejects with an
+ * EnvyError naming the program, its exit status and its stderr tail.
+ */
+export async function run(file: string, args: readonly string[], options: RunOptions = {}): Promise<Result> {
+  const { errorCode = 'EXEC', hint, ...execaOptions } = options;
+  debug(`$ ${formatCommand(file, args)}`);
+  // execa is loaded on first use: the fast paths (--version, plan) never pay for it.
+  const { execa } = await import('execa');
+  try {
+    return (await execa(file, args, { stripFinalNewline: true, ...execaOptions })) as Result;
+  } catch (error) {
+    throw toEnvyError(file, args, error, errorCode, hint);
+  }
+}
+
+/** Like `run`, but resolves to `undefined` instead of throwing when the program is missing or fails. */
+export async function tryRun(file: string, args: readonly string[], options: Options = {}): Promise<Result | undefined> {
+  debug(`$ ${formatCommand(file, args)}`);
+  const { execa } = await import('execa');
+  try {
+    return (await execa(file, args, { stripFinalNewline: true, ...options })) as Result;
+  } catch {
+    return undefined;
+  }
+}
+
+function toEnvyError(file: string, args: readonly string[], error: unknown, code: ErrorCode, hint?: string): EnvyError {
+  const e = error as { code?: string; exitCode?: number; signal?: string; stderr?: unknown; timedOut?: boolean };
+  if (e.code === 'ENOENT') {
+    return new EnvyError('HOST', `${file} is not installed (needed to run: ${formatCommand(file, args)})`, {
+      hint: hint ?? 'run `envy doctor` to see which host packages are missing',
+      cause: error,
+    });
+  }
+  const status = e.timedOut ? 'timed out' : e.signal ? `was killed by ${e.signal}` : `exited with ${e.exitCode ?? '?'}`;
+  const tail = stderrTail(e.stderr);
+  return new EnvyError(code, `${file} ${status}: ${formatCommand(file, args)}`, {
+    hint,
+    details: tail ? tail.split('\n') : [],
+    cause: error,
+  });
+}

@@ -1,0 +1,59 @@
+/**
+ * e2e setup. Runtime tests must prove rootlessness, so when the suite runs as
+ * root (CI) it creates an unprivileged user with /etc/subuid and /etc/subgid
+ * entries and installs a copy of the built envy where that user can read it.
+ * Run as a normal user, tests use that user and the repo's own build.
+ */
+import { execFileSync } from 'node:child_process';
+import { chmodSync, cpSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import type { TestProject } from 'vitest/node';
+
+const TEST_USER = 'envtest';
+const repo = resolve(import.meta.dirname, '../..');
+
+function ensureSubordinateRange(file: string, user: string): void {
+  const lines = existsSync(file) ? readFileSync(file, 'utf8').split('\n') : [];
+  if (lines.some((line) => line.startsWith(`${user}:`))) return;
+  // Pick a range above every existing one so two users never overlap.
+  const top = lines
+    .map((line) => line.split(':'))
+    .filter((parts) => parts.length === 3)
+    .reduce((max, [, start, count]) => Math.max(max, Number(start) + Number(count)), 100000);
+  execFileSync('sh', ['-c', `echo '${user}:${top}:65536' >> ${file}`]);
+}
+
+export default function setup(project: TestProject): () => void {
+  execFileSync(process.execPath, [join(repo, 'scripts/build.mjs')], { stdio: 'inherit' });
+  let root = repo;
+  let cleanup = (): void => {};
+  if (process.getuid?.() === 0) {
+    try {
+      execFileSync('id', ['-u', TEST_USER], { stdio: 'ignore' });
+    } catch {
+      execFileSync('useradd', ['-m', '-s', '/bin/bash', TEST_USER], { stdio: 'inherit' });
+    }
+    ensureSubordinateRange('/etc/subuid', TEST_USER);
+    ensureSubordinateRange('/etc/subgid', TEST_USER);
+    // The repo may live under /root (mode 0700): install a readable copy of the build.
+    root = mkdtempSync(join(tmpdir(), 'envy-e2e-'));
+    chmodSync(root, 0o755);
+    for (const part of ['bin', 'dist', 'schemas', 'templates', 'package.json', 'env.example.yaml']) {
+      if (existsSync(join(repo, part))) cpSync(join(repo, part), join(root, part), { recursive: true });
+    }
+    execFileSync('chmod', ['-R', 'a+rX', root]);
+    cleanup = () => rmSync(root, { recursive: true, force: true });
+  }
+  const user = process.getuid?.() === 0 ? TEST_USER : execFileSync('id', ['-un']).toString().trim();
+  project.provide('envyRoot', root);
+  project.provide('envyUser', user);
+  return cleanup;
+}
+
+declare module 'vitest' {
+  export interface ProvidedContext {
+    envyRoot: string;
+    envyUser: string;
+  }
+}
