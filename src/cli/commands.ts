@@ -1,0 +1,65 @@
+/**
+ * The command table. Handlers import their command module on demand; yargs only
+ * parses and dispatches. Each command module exports `run(args): Promise<number>`.
+ */
+import yargs, { type Argv } from 'yargs';
+import { EnvyError } from '../errors.js';
+import { setDebugSink } from '../exec.js';
+
+export interface GlobalArgs {
+  file?: string;
+  debug: boolean;
+  quiet: boolean;
+}
+
+export async function runCli(argv: string[], version: string): Promise<number> {
+  let exitCode = 0;
+  const setExit = (code: number): void => {
+    exitCode = code;
+  };
+  if (argv.includes('--debug')) setDebugSink((line) => process.stderr.write(`[debug] ${line}\n`));
+
+  const cli: Argv = yargs(argv)
+    .scriptName('envy')
+    .usage('envy <command> [options]\n\nDeclarative, rootless dev environments from env.yaml.')
+    .version(version)
+    .alias('version', 'V')
+    .help()
+    .alias('help', 'h')
+    .option('file', {
+      alias: 'f',
+      type: 'string',
+      describe: 'Path to env.yaml (default: found by walking up from the current directory)',
+      global: true,
+    })
+    .option('debug', { type: 'boolean', default: false, describe: 'Show external commands and stack traces', global: true })
+    .option('quiet', { alias: 'q', type: 'boolean', default: false, describe: 'Print only errors', global: true })
+    .command(
+      'init',
+      'Write a starter env.yaml in the current directory',
+      (y) =>
+        y
+          .option('template', { alias: 't', type: 'string', default: 'default', describe: 'Template name (envy init --list shows them)' })
+          .option('name', { type: 'string', describe: 'Environment name (default: the directory name)' })
+          .option('list', { type: 'boolean', default: false, describe: 'List the available templates' })
+          .option('force', { type: 'boolean', default: false, describe: 'Overwrite an existing env.yaml' }),
+      async (args) => setExit(await (await import('./init.js')).run(args)),
+    )
+    .command(
+      'doctor',
+      'Check that this host can run envy and say how to fix what is missing',
+      (y) => y.option('json', { type: 'boolean', default: false, describe: 'Machine-readable output' }),
+      async (args) => setExit(await (await import('./doctor.js')).run(args)),
+    )
+    .demandCommand(1, 'Name a command (envy --help lists them)')
+    .recommendCommands()
+    .strict()
+    .wrap(Math.min(100, process.stdout.columns || 100))
+    .fail((message, error) => {
+      if (error) throw error;
+      throw new EnvyError('USAGE', message ?? 'invalid command line', { hint: 'envy --help lists commands and options' });
+    });
+
+  await cli.parseAsync();
+  return exitCode;
+}
