@@ -2,6 +2,8 @@ import { defineConfig } from 'vitest/config';
 
 export default defineConfig({
   test: {
+    // Runs once before every project: the CLI and e2e tests exercise the built binary.
+    globalSetup: ['test/build-once.ts'],
     projects: [
       {
         test: {

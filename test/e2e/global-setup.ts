@@ -25,7 +25,6 @@ function ensureSubordinateRange(file: string, user: string): void {
 }
 
 export default function setup(project: TestProject): () => void {
-  execFileSync(process.execPath, [join(repo, 'scripts/build.mjs')], { stdio: 'inherit' });
   let root = repo;
   let cleanup = (): void => {};
   if (process.getuid?.() === 0) {
