@@ -1,0 +1,110 @@
+/**
+ * Cross-process locks on state (an environment, the store). Node has no flock,
+ * so a lock is a file created with O_EXCL that holds the owner's pid and the
+ * owner's process start time (from /proc/PID/stat, so a reused pid after a crash
+ * or reboot is not mistaken for the owner). A lock whose owner is gone is stale
+ * and taken over: a SIGKILLed envy never blocks the next one.
+ */
+import { closeSync, mkdirSync, openSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { EnvyError } from '../errors.js';
+
+export interface LockOwner {
+  pid: number;
+  startTime: string;
+  purpose: string;
+}
+
+/** The kernel's start time of a process (field 22 of /proc/PID/stat), or undefined when it is gone. */
+export function processStartTime(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return fields[19];
+  } catch {
+    return undefined;
+  }
+}
+
+export function isAlive(owner: Pick<LockOwner, 'pid' | 'startTime'>): boolean {
+  return processStartTime(owner.pid) === owner.startTime;
+}
+
+function readOwner(path: string): LockOwner | undefined {
+  try {
+    const owner = JSON.parse(readFileSync(path, 'utf8')) as LockOwner;
+    return typeof owner.pid === 'number' ? owner : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function tryCreate(path: string, owner: LockOwner): boolean {
+  try {
+    const fd = openSync(path, 'wx', 0o644);
+    try {
+      writeSync(fd, JSON.stringify(owner));
+    } finally {
+      closeSync(fd);
+    }
+    return true;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw error;
+  }
+}
+
+export interface Lock {
+  path: string;
+  release(): void;
+}
+
+export interface AcquireOptions {
+  purpose: string;
+  /** Called once when the lock is held by someone else and we start waiting. */
+  onWait?: (owner: LockOwner) => void;
+  /** Give up after this many ms (default: wait forever). */
+  timeoutMs?: number;
+  pollMs?: number;
+}
+
+export async function acquireLock(path: string, options: AcquireOptions): Promise<Lock> {
+  mkdirSync(dirname(path), { recursive: true });
+  const me: LockOwner = { pid: process.pid, startTime: processStartTime(process.pid) ?? '', purpose: options.purpose };
+  const deadline = options.timeoutMs === undefined ? Infinity : Date.now() + options.timeoutMs;
+  let announced = false;
+  for (;;) {
+    if (tryCreate(path, me)) break;
+    const owner = readOwner(path);
+    if (!owner || !isAlive(owner)) {
+      // A half-written lock (crash between create and write) or a dead owner: take it over.
+      // Unlink-then-create keeps O_EXCL's guarantee: of several racers, only one create wins.
+      try {
+        if (readOwner(path)?.pid === owner?.pid) unlinkSync(path);
+      } catch {
+        // someone else removed it first
+      }
+      continue;
+    }
+    if (!announced) {
+      announced = true;
+      options.onWait?.(owner);
+    }
+    if (Date.now() >= deadline) {
+      throw new EnvyError('BUSY', `${path} is held by envy pid ${owner.pid} (${owner.purpose})`, {
+        hint: 'wait for it to finish, or stop it',
+      });
+    }
+    await new Promise((resolve) => setTimeout(resolve, options.pollMs ?? 100));
+  }
+  let released = false;
+  return {
+    path,
+    release() {
+      if (released) return;
+      released = true;
+      if (readOwner(path)?.pid === me.pid) unlinkSync(path);
+    },
+  };
+}
