@@ -82,3 +82,48 @@ function toEnvyError(file: string, args: readonly string[], error: unknown, code
     cause: error,
   });
 }
+
+export interface StreamingOptions extends RunOptions {
+  /** Called with each line of stdout and stderr as it arrives. */
+  onLine?: (line: string, stream: 'stdout' | 'stderr') => void;
+  /** How many trailing lines to keep for the error message (default 30). */
+  keepLines?: number;
+}
+
+/**
+ * Run a program, streaming its output line by line (build steps, bootstraps)
+ * while keeping the last lines for the error if it fails.
+ */
+export async function runStreaming(file: string, args: readonly string[], options: StreamingOptions = {}): Promise<void> {
+  const { onLine, keepLines = 30, errorCode = 'EXEC', hint, ...execaOptions } = options;
+  debug(`$ ${formatCommand(file, args)}`);
+  const { execa } = await import('execa');
+  const tail: string[] = [];
+  const keep = (line: string, stream: 'stdout' | 'stderr'): void => {
+    tail.push(line);
+    if (tail.length > keepLines) tail.shift();
+    onLine?.(line, stream);
+  };
+  const child = execa(file, args, { ...execaOptions, buffer: false, reject: false, stdin: execaOptions.stdin ?? 'ignore' });
+  const pump = async (stream: NodeJS.ReadableStream | null | undefined, name: 'stdout' | 'stderr'): Promise<void> => {
+    if (!stream) return;
+    let pending = '';
+    for await (const chunk of stream) {
+      pending += chunk.toString();
+      const lines = pending.split(/\r?\n|\r/);
+      pending = lines.pop() ?? '';
+      for (const line of lines) keep(line, name);
+    }
+    if (pending) keep(pending, name);
+  };
+  const [result] = await Promise.all([child, pump(child.stdout, 'stdout'), pump(child.stderr, 'stderr')]);
+  const failure = result as { failed?: boolean; exitCode?: number; signal?: string; code?: string; timedOut?: boolean };
+  if (!failure.failed) return;
+  if (failure.code === 'ENOENT') {
+    throw new EnvyError('HOST', `${file} is not installed (needed to run: ${formatCommand(file, args)})`, {
+      hint: hint ?? 'run `envy doctor` to see which host packages are missing',
+    });
+  }
+  const status = failure.timedOut ? 'timed out' : failure.signal ? `was killed by ${failure.signal}` : `exited with ${failure.exitCode ?? '?'}`;
+  throw new EnvyError(errorCode, `${file} ${status}: ${formatCommand(file, args)}`, { hint, details: tail.slice() });
+}

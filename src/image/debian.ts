@@ -1,0 +1,83 @@
+/**
+ * `base: {debian: SUITE}`: a minbase root filesystem bootstrapped from Debian's
+ * mirror by mmdebstrap in unshare mode (rootless, the well-kept tool for this).
+ * The result is a tarball, so it enters the layer store exactly like a pulled
+ * layer: same unpacking, same diff_id, and with SOURCE_DATE_EPOCH and a snapshot
+ * the same bytes on every machine.
+ */
+import { EnvyError } from '../errors.js';
+import { runStreaming } from '../exec.js';
+
+export const DEFAULT_MIRROR = 'http://deb.debian.org/debian';
+const SNAPSHOT_ARCHIVE = 'http://snapshot.debian.org/archive';
+
+/** Suites without -updates and -security pockets. */
+const ROLLING_SUITES = new Set(['sid', 'unstable', 'experimental', 'rc-buggy']);
+
+export interface DebianBase {
+  suite: string;
+  /** snapshot.debian.org timestamp, e.g. 20240601T000000Z. */
+  snapshot?: string;
+  mirror?: string;
+}
+
+export interface BootstrapOptions {
+  /** Debian architecture (amd64, arm64); default: the host's. */
+  arch?: string;
+  /** Seconds since the epoch; clamps mtimes for reproducible output. */
+  sourceDateEpoch?: number;
+  onLine?: (line: string) => void;
+  signal?: AbortSignal;
+}
+
+/** The apt sources for a base, one `deb ...` line each (mmdebstrap writes them into the image too). */
+export function sourcesFor(base: DebianBase): string[] {
+  if (base.snapshot !== undefined && !/^\d{8}T\d{6}Z$/.test(base.snapshot)) {
+    throw new EnvyError('CONFIG_INVALID', `base.snapshot "${base.snapshot}" is not a snapshot.debian.org timestamp`, {
+      hint: 'use the form 20240601T000000Z',
+    });
+  }
+  const main = base.snapshot ? `${SNAPSHOT_ARCHIVE}/debian/${base.snapshot}/` : (base.mirror ?? DEFAULT_MIRROR);
+  const lines = [`deb ${main} ${base.suite} main`];
+  if (!ROLLING_SUITES.has(base.suite)) {
+    lines.push(`deb ${main} ${base.suite}-updates main`);
+    const security = base.snapshot
+      ? `${SNAPSHOT_ARCHIVE}/debian-security/${base.snapshot}/`
+      : base.mirror
+        ? base.mirror.replace(/\/debian\/?$/, '/debian-security')
+        : 'http://deb.debian.org/debian-security';
+    lines.push(`deb ${security} ${base.suite}-security main`);
+  }
+  return lines;
+}
+
+export function debianArch(nodeArch: string = process.arch): string {
+  const map: Record<string, string> = { x64: 'amd64', arm64: 'arm64', arm: 'armhf', ia32: 'i386', ppc64: 'ppc64el', s390x: 's390x', riscv64: 'riscv64' };
+  const arch = map[nodeArch];
+  if (!arch) throw new EnvyError('HOST', `no Debian architecture for ${nodeArch}`);
+  return arch;
+}
+
+export function mmdebstrapArgs(base: DebianBase, output: string, options: BootstrapOptions = {}): string[] {
+  const args = ['--mode=unshare', '--variant=minbase', `--architectures=${options.arch ?? debianArch()}`, '--format=tar'];
+  if (base.snapshot) {
+    // Snapshot Release files are past their Valid-Until by design.
+    args.push('--aptopt=Acquire::Check-Valid-Until "false"');
+  }
+  // Keep the image small and its apt usable: no recommends by default, lists kept for later installs.
+  args.push('--aptopt=APT::Install-Recommends "false"', '--skip=cleanup/apt/lists');
+  return [...args, base.suite, output, ...sourcesFor(base)];
+}
+
+/** Bootstrap `base` into the tarball `output` (uncompressed). */
+export async function bootstrapDebian(base: DebianBase, output: string, options: BootstrapOptions = {}): Promise<void> {
+  const env: Record<string, string> = {};
+  if (options.sourceDateEpoch !== undefined) env.SOURCE_DATE_EPOCH = String(options.sourceDateEpoch);
+  await runStreaming('mmdebstrap', mmdebstrapArgs(base, output, options), {
+    env,
+    onLine: options.onLine,
+    cancelSignal: options.signal,
+    errorCode: 'BUILD',
+    hint: 'mmdebstrap needs network to the Debian mirror and subordinate ids (envy doctor checks both)',
+  });
+}
