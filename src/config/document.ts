@@ -57,7 +57,7 @@ function yamlDiagnostic(problem: YAMLError, text: string): Diagnostic {
   const offset = problem.pos[0];
   switch (problem.code) {
     case 'DUPLICATE_KEY':
-      return { offset, path: undefined, message: `duplicate key "${text.slice(problem.pos[0], problem.pos[1]).trim()}"`, hint: 'each key may appear only once in a mapping; merge the two entries' };
+      return { offset, path: undefined, message: `duplicate key "${keyAt(text, offset)}"`, hint: 'each key may appear only once in a mapping; merge the two entries' };
     case 'TAB_AS_INDENT':
       return { offset, path: undefined, message: 'tab character used for indentation', hint: 'YAML indents with spaces only; replace the tabs with spaces' };
     case 'MULTIPLE_DOCS':
@@ -67,6 +67,12 @@ function yamlDiagnostic(problem: YAMLError, text: string): Diagnostic {
     default:
       return { offset, path: undefined, message: `YAML syntax error: ${problem.message.split('\n')[0]!.replace(/ at line \d+, column \d+.*$/, '')}`, hint: 'check the indentation and the quoting around this point' };
   }
+}
+
+/** The key written at `offset` (yaml points at a duplicate key's first character only). */
+function keyAt(text: string, offset: number): string {
+  const match = /^(?:"((?:[^"\\\n]|\\.)*)"|'((?:[^'\n]|'')*)'|([^\n]*?))\s*:(?:\s|$)/.exec(text.slice(offset));
+  return match ? (match[1] ?? match[2] ?? match[3] ?? '').trim() : text.slice(offset).split(/[:\n]/)[0]!.trim();
 }
 
 interface Walk {
