@@ -20,7 +20,8 @@ export function schemaValidator(): Promise<ValidateFunction> {
       import('ajv/dist/2020.js'),
       import('../../schemas/env.schema.json', { with: { type: 'json' } }),
     ]);
-    const { Ajv2020 } = ajvModule;
+    // Node's ESM loader exposes ajv's named export; an esbuild bundle exposes only `default`, which is the class itself.
+    const Ajv2020 = ajvModule.Ajv2020 ?? (ajvModule.default as unknown as typeof ajvModule.Ajv2020);
     const ajv = new Ajv2020({ allErrors: true, verbose: true, strict: true, strictRequired: false, allowUnionTypes: true });
     // An annotation for error messages: what a pattern means, in words.
     ajv.addKeyword({ keyword: 'x-envy-expected', schemaType: 'string' });

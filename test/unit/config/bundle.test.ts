@@ -1,0 +1,43 @@
+import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { build } from 'esbuild';
+import { describe, expect, it } from 'vitest';
+import { tempDir } from './helpers.js';
+
+const root = resolve(import.meta.dirname, '../../..');
+
+describe('the loader bundled the way scripts/build.mjs bundles the CLI', () => {
+  // vitest runs the sources through Node's module loader; the shipped CLI is an esbuild bundle whose
+  // CommonJS interop differs (ajv's named export is missing there), so the bundle is tested too.
+  it('loads a good file and explains a bad one', async () => {
+    const dir = tempDir();
+    writeFileSync(
+      join(dir, 'entry.ts'),
+      `import { loadSpec } from ${JSON.stringify(join(root, 'src/config/load.ts'))};
+const good = await loadSpec(${JSON.stringify(join(root, 'env.example.yaml'))}, { env: {} });
+let bad = '';
+try { await loadSpec(process.argv[2], { env: {}, cwd: ${JSON.stringify(dir)} }); } catch (error) { bad = error.message; }
+console.log(JSON.stringify({ name: good.spec.name, bad }));
+`,
+    );
+    writeFileSync(join(dir, 'env.yaml'), 'name: demo\nbase: {host: true}\nnetwork: hots\n');
+    await build({
+      entryPoints: { main: join(dir, 'entry.ts') },
+      outdir: join(dir, 'dist'),
+      bundle: true,
+      splitting: true,
+      format: 'esm',
+      platform: 'node',
+      target: 'node20',
+      logLevel: 'silent',
+      banner: { js: "import { createRequire as __envyCreateRequire } from 'node:module'; const require = __envyCreateRequire(import.meta.url);" },
+    });
+    const result = spawnSync(process.execPath, [join(dir, 'dist/main.js'), 'env.yaml'], { cwd: dir, encoding: 'utf8', timeout: 30_000 });
+    expect(result.stderr).toBe('');
+    expect(JSON.parse(result.stdout)).toEqual({
+      name: 'example',
+      bad: 'env.yaml:3:10: network: expected one of host, none, private; got "hots"',
+    });
+  });
+});
