@@ -59,6 +59,8 @@ function dropUnintendedBranches(errors: readonly ErrorObject[]): ErrorObject[] {
     if (union.keyword !== 'anyOf' && union.keyword !== 'oneOf') continue;
     if (isKindSelector(union)) {
       for (const error of errors) if (error !== union && error.schemaPath.startsWith(union.schemaPath + '/')) dropped.add(error);
+      // `required` holds vacuously for a non-mapping, so every branch "passes"; the type error says what is wrong.
+      if (union.data === null || typeof union.data !== 'object' || Array.isArray(union.data)) dropped.add(union);
       continue;
     }
     const branches = union.schema as SchemaNode[];

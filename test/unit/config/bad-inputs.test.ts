@@ -35,6 +35,8 @@ const cases: BadCase[] = [
   { what: 'a wrong type', yaml: MINIMAL + 'packages:\n  apt: git\n', at: '4:8', message: 'packages.apt: expected a list, got "git"' },
   { what: 'a bad enum value', yaml: MINIMAL + 'network: hots\n', at: '3:10', message: 'network: expected one of host, none, private; got "hots"', hint: 'did you mean "host"?' },
   { what: 'base with no kind', yaml: 'name: demo\nbase: {}\n', at: '2:1', message: 'base: needs exactly one of "debian", "image", "oci", "host"' },
+  { what: 'an empty base', yaml: 'name: demo\nbase:\n', at: '2:1', message: 'base: expected a mapping, got nothing (an empty value)' },
+  { what: 'base as a string', yaml: 'name: demo\nbase: bookworm\n', at: '2:7', message: 'base: expected a mapping, got "bookworm"' },
   { what: 'base with two kinds', yaml: 'name: demo\nbase:\n  debian: bookworm\n  image: debian:12\n', at: '4:3', message: 'base: has both "debian" and "image"; exactly one is allowed' },
   { what: 'a snapshot without debian', yaml: 'name: demo\nbase: {image: "debian:12", snapshot: 20240101T000000Z}\n', at: '2:28', message: 'base.snapshot: requires "debian" as well' },
   { what: 'a malformed snapshot', yaml: 'name: demo\nbase: {debian: bookworm, snapshot: "2024-01-01"}\n', at: '2:36', message: 'base.snapshot: expected a snapshot timestamp like 20240101T000000Z; got "2024-01-01"' },
