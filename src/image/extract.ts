@@ -1,0 +1,518 @@
+/**
+ * Safe layer unpacking. A layer is untrusted input: every entry is confined to
+ * the layer root (no absolute paths, no `..`, nothing through a symlink the
+ * layer itself placed, hard links only to earlier entries), and the result
+ * appears at `dest` only when the whole tar was read: extraction happens in a
+ * temp dir that is renamed into place on success and removed on failure.
+ *
+ * OCI whiteouts become what overlayfs reads in a lower layer (docs/images.md):
+ * `.wh.NAME` → a 0/0 character device (mknod(2) allows that one device to
+ * unprivileged users since Linux 5.8), `.wh..wh..opq` → the xattr
+ * `user.overlay.opaque=y` (the runtime mounts with `userxattr`). Node has no
+ * mknod/setxattr, so both are made in one batched `mknod`/`setfattr` call each.
+ */
+import { createHash } from 'node:crypto';
+import {
+  chmodSync,
+  closeSync,
+  constants as fsConstants,
+  createReadStream,
+  createWriteStream,
+  lchownSync,
+  linkSync,
+  lstatSync,
+  lutimesSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readSync,
+  renameSync,
+  rmSync,
+  symlinkSync,
+  utimesSync,
+  writeSync,
+} from 'node:fs';
+import { dirname, join } from 'node:path';
+import { Readable, Transform, type TransformCallback } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createGunzip } from 'node:zlib';
+import * as tar from 'tar-stream';
+import { EnvyError } from '../errors.js';
+import { run } from '../exec.js';
+import { sniffCompression, type Compression } from './media-types.js';
+import { tempName } from './temp.js';
+
+export interface ExtractOptions {
+  /** Names the layer (its digest) in every error. */
+  label: string;
+  /**
+   * Give entries the tar's uid/gid and keep setuid/setgid bits. Only meaningful
+   * as root in a user namespace (the unpack worker under `envy-ns userns`);
+   * otherwise the invoking user keeps ownership and the intended owners are recorded.
+   */
+  chown?: boolean;
+  /** The layer's known diff_id (from the image config); a different tar is rejected. */
+  expectedDiffId?: string;
+  /** Where zstd spill files go (default: next to dest). */
+  scratchDir?: string;
+}
+
+export interface ExtractResult {
+  /** sha256 of the uncompressed tar: the OCI diff_id. */
+  diffId: string;
+  /** Bytes of the uncompressed tar. */
+  tarSize: number;
+  compression: Compression;
+  entries: number;
+  /** Device nodes left out (mknod is refused rootlessly). */
+  skippedDevices: number;
+  /** Paths hidden from lower layers (relative to the layer root). */
+  whiteouts: string[];
+  /** Directories whose lower-layer contents are hidden. */
+  opaqueDirs: string[];
+  /** Owners the tar asked for but that were not applied (without chown), path → [uid, gid]; root-owned entries omitted. */
+  owners: Record<string, [number, number]>;
+  /** Modes with setuid/setgid bits that were stripped (without chown), path → mode. */
+  strippedModes: Record<string, number>;
+}
+
+/** A layer blob: a stream, or a file path (lets zstd read the file directly). */
+export type LayerSource = Readable | string;
+
+type TarEntry = AsyncIterable<unknown> & { header: tar.Header };
+
+const SETID_BITS = 0o6000;
+const WHITEOUT_PREFIX = '.wh.';
+const OPAQUE_MARKER = '.wh..wh..opq';
+
+export async function extractLayer(source: LayerSource, dest: string, options: ExtractOptions): Promise<ExtractResult> {
+  const temp = join(dirname(dest), tempName('extract'));
+  const spills: string[] = [];
+  try {
+    const { stream, compression } = await openDecompressed(source, options.scratchDir ?? dirname(dest), spills);
+    mkdirSync(temp, { mode: 0o700 });
+    const result = await new LayerWriter(temp, options, compression).write(stream);
+    if (options.expectedDiffId && options.expectedDiffId !== result.diffId) {
+      throw new EnvyError('IMAGE', `layer ${options.label}: its content has diff_id ${result.diffId}, but the image config says ${options.expectedDiffId}`, {
+        hint: 'the image is corrupt or was tampered with; pull or export it again',
+      });
+    }
+    renameSync(temp, dest);
+    return result;
+  } catch (error) {
+    removeTree(temp);
+    throw error;
+  } finally {
+    for (const spill of spills) rmSync(spill, { force: true });
+  }
+}
+
+/** Remove a tree even where the layer made directories read-only. */
+export function removeTree(path: string): void {
+  try {
+    rmSync(path, { recursive: true, force: true });
+  } catch {
+    makeWritable(path);
+    rmSync(path, { recursive: true, force: true });
+  }
+}
+
+function makeWritable(path: string): void {
+  let stat;
+  try {
+    stat = lstatSync(path);
+  } catch {
+    return;
+  }
+  if (!stat.isDirectory()) return;
+  chmodSync(path, 0o700);
+  for (const name of readdirNames(path)) makeWritable(join(path, name));
+}
+
+function readdirNames(path: string): string[] {
+  try {
+    return readdirSync(path);
+  } catch {
+    return [];
+  }
+}
+
+async function openDecompressed(source: LayerSource, scratchDir: string, spills: string[]): Promise<{ stream: Readable; compression: Compression }> {
+  let path = typeof source === 'string' ? source : undefined;
+  let stream: Readable;
+  let head: Buffer;
+  if (path !== undefined) {
+    head = readHead(path, 4);
+    stream = createReadStream(path);
+  } else {
+    ({ head, stream } = await peek(source as Readable, 4));
+  }
+  const compression = sniffCompression(head);
+  if (compression === 'gzip') return { stream: stream.pipe(createGunzip()), compression };
+  if (compression === 'none') return { stream, compression };
+  // zstd: Node 20 has none; the CLI decompresses file to file (exec.ts runs programs to completion).
+  if (path === undefined) {
+    path = join(scratchDir, `${tempName('zstd')}.zst`);
+    spills.push(path);
+    await pipeline(stream, createWriteStream(path));
+  } else {
+    stream.destroy();
+  }
+  const tarPath = join(scratchDir, `${tempName('zstd')}.tar`);
+  spills.push(tarPath);
+  await run('zstd', ['-d', '-q', '-f', '-o', tarPath, '--', path], {
+    errorCode: 'IMAGE',
+    hint: 'zstd layers need the zstd program (Debian: apt-get install zstd); a failure here means a corrupt blob',
+  });
+  return { stream: createReadStream(tarPath), compression };
+}
+
+function readHead(path: string, length: number): Buffer {
+  const fd = openSync(path, 'r');
+  try {
+    const buffer = Buffer.alloc(length);
+    const read = readSync(fd, buffer, 0, length, 0);
+    return buffer.subarray(0, read);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+async function peek(stream: Readable, length: number): Promise<{ head: Buffer; stream: Readable }> {
+  const iterator = stream[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  const seen: Buffer[] = [];
+  let size = 0;
+  let finished = false;
+  while (size < length) {
+    const next = await iterator.next();
+    if (next.done) {
+      finished = true;
+      break;
+    }
+    const chunk = Buffer.isBuffer(next.value) ? next.value : Buffer.from(next.value);
+    seen.push(chunk);
+    size += chunk.length;
+  }
+  const head = Buffer.concat(seen);
+  async function* replay(): AsyncGenerator<Buffer> {
+    yield head;
+    if (finished) return;
+    for (;;) {
+      const next = await iterator.next();
+      if (next.done) return;
+      yield next.value;
+    }
+  }
+  return { head, stream: Readable.from(replay(), { objectMode: false }) };
+}
+
+/** Counts and hashes the uncompressed tar as it flows into the parser. */
+class DiffIdHasher extends Transform {
+  readonly hash = createHash('sha256');
+  size = 0;
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    this.hash.update(chunk);
+    this.size += chunk.length;
+    callback(null, chunk);
+  }
+}
+
+interface PendingDir {
+  path: string;
+  mode: number;
+  mtime: Date;
+  uid: number;
+  gid: number;
+}
+
+class LayerWriter {
+  private readonly symlinks = new Set<string>();
+  /** Entries that a hard link may point at: regular files, symlinks and earlier hard links. */
+  private readonly linkable = new Set<string>();
+  private readonly dirs = new Map<string, PendingDir>();
+  private readonly whiteouts = new Set<string>();
+  private readonly opaque = new Set<string>();
+  private readonly fifos: { rel: string; mode: number; mtime: Date; uid: number; gid: number }[] = [];
+  private readonly result: Omit<ExtractResult, 'diffId' | 'tarSize' | 'whiteouts' | 'opaqueDirs'>;
+
+  constructor(
+    private readonly root: string,
+    private readonly options: ExtractOptions,
+    compression: Compression,
+  ) {
+    this.result = { compression, entries: 0, skippedDevices: 0, owners: {}, strippedModes: {} };
+  }
+
+  async write(stream: Readable): Promise<ExtractResult> {
+    const hasher = new DiffIdHasher();
+    const extract = tar.extract();
+    const feeding = pipeline(stream, hasher, extract);
+    // The loop below may stop early on a bad entry; the pipeline's own error then is secondary.
+    feeding.catch(() => {});
+    try {
+      for await (const entry of extract) {
+        await this.entry(entry);
+      }
+      await feeding;
+    } catch (error) {
+      stream.destroy();
+      hasher.destroy();
+      extract.destroy();
+      throw this.wrap(error);
+    }
+    await this.finish();
+    return {
+      ...this.result,
+      diffId: `sha256:${hasher.hash.digest('hex')}`,
+      tarSize: hasher.size,
+      whiteouts: [...this.whiteouts].sort(),
+      opaqueDirs: [...this.opaque].sort(),
+    };
+  }
+
+  private wrap(error: unknown): unknown {
+    if (error instanceof EnvyError) return error;
+    const message = error instanceof Error ? error.message : String(error);
+    return new EnvyError('IMAGE', `layer ${this.options.label} could not be unpacked: ${message}`, {
+      hint: 'the blob is not a valid (gzip/zstd) tar; it may be corrupt or truncated',
+      cause: error,
+    });
+  }
+
+  private reject(name: string, why: string): EnvyError {
+    return new EnvyError('IMAGE', `layer ${this.options.label}: entry "${name}" ${why}`, {
+      hint: 'the image contains an unsafe archive entry and was not unpacked; use an image from a trusted source',
+    });
+  }
+
+  /** The entry's path relative to the root ('' is the root itself), after confinement checks. */
+  private confine(name: string, path = name, what = 'path'): string {
+    const shown = path === name ? what : `${what} "${path}"`;
+    if (path.startsWith('/')) throw this.reject(name, `has an absolute ${shown}`);
+    const parts = path.split('/').filter((part) => part !== '' && part !== '.');
+    if (parts.includes('..')) throw this.reject(name, `has a ".." component in its ${shown}`);
+    if (parts.some((part) => part.includes('\0'))) throw this.reject(name, `has a NUL byte in its ${shown}`);
+    return parts.join('/');
+  }
+
+  /** Refuse paths whose parents include a symlink placed by this layer, then make the parents. */
+  private prepareParent(name: string, rel: string, mtime: Date): void {
+    const parts = rel.split('/');
+    let prefix = '';
+    for (let i = 0; i < parts.length - 1; i += 1) {
+      prefix = prefix === '' ? parts[i]! : `${prefix}/${parts[i]}`;
+      if (this.symlinks.has(prefix)) throw this.reject(name, `goes through the symlink "${prefix}" placed by an earlier entry`);
+      if (!this.dirs.has(prefix)) {
+        try {
+          mkdirSync(join(this.root, prefix), { mode: 0o755 });
+        } catch (error) {
+          if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+          if (!lstatSync(join(this.root, prefix)).isDirectory()) throw this.reject(name, `needs "${prefix}" to be a directory, but an earlier entry made it a file`);
+        }
+        // A parent the tar never lists gets root, 0755 and its child's mtime: deterministic, like the rest.
+        this.dirs.set(prefix, { path: prefix, mode: 0o755, mtime, uid: 0, gid: 0 });
+      }
+    }
+  }
+
+  /** A later entry replaces an earlier one of the same path (directories merge). */
+  private clearForEntry(rel: string, isDir: boolean): void {
+    const abs = join(this.root, rel);
+    let stat;
+    try {
+      stat = lstatSync(abs);
+    } catch {
+      return;
+    }
+    if (isDir && stat.isDirectory()) return;
+    removeTree(abs);
+    const under = `${rel}/`;
+    for (const set of [this.symlinks, this.linkable]) {
+      for (const path of set) if (path === rel || path.startsWith(under)) set.delete(path);
+    }
+    for (const path of [...this.dirs.keys()]) if (path === rel || path.startsWith(under)) this.dirs.delete(path);
+  }
+
+  private noteOwner(rel: string, uid: number, gid: number): void {
+    if (!this.options.chown && (uid !== 0 || gid !== 0)) this.result.owners[rel] = [uid, gid];
+  }
+
+  private finalMode(rel: string, mode: number): number {
+    if (this.options.chown || (mode & SETID_BITS) === 0) return mode & 0o7777;
+    this.result.strippedModes[rel] = mode & 0o7777;
+    return mode & 0o1777;
+  }
+
+  private async entry(entry: TarEntry): Promise<void> {
+    const header = entry.header;
+    const name = header.name;
+    this.result.entries += 1;
+    const type = header.type ?? 'file';
+    const rel = this.confine(name);
+    const base = rel.split('/').pop() ?? '';
+    const mode = header.mode ?? (type === 'directory' ? 0o755 : 0o644);
+    const mtime = header.mtime ?? new Date(0);
+    const uid = header.uid ?? 0;
+    const gid = header.gid ?? 0;
+
+    if (base.startsWith(WHITEOUT_PREFIX)) {
+      await drain(entry);
+      this.prepareParent(name, rel, mtime);
+      const parent = rel.includes('/') ? rel.slice(0, rel.lastIndexOf('/')) : '';
+      if (base === OPAQUE_MARKER) {
+        this.opaque.add(parent);
+        return;
+      }
+      // Other .wh..wh.* names are aufs bookkeeping (hard-link dirs), not content.
+      if (base.startsWith(`${WHITEOUT_PREFIX}${WHITEOUT_PREFIX}`)) return;
+      const hidden = base.slice(WHITEOUT_PREFIX.length);
+      if (hidden === '' || hidden === '.' || hidden === '..') throw this.reject(name, 'is a whiteout without a name');
+      this.whiteouts.add(parent === '' ? hidden : `${parent}/${hidden}`);
+      return;
+    }
+
+    if (rel === '') {
+      await drain(entry);
+      if (type !== 'directory') throw this.reject(name, 'replaces the layer root with a non-directory');
+      this.dirs.set('', { path: '', mode, mtime, uid, gid });
+      return;
+    }
+
+    this.prepareParent(name, rel, mtime);
+    const abs = join(this.root, rel);
+    switch (type) {
+      case 'directory': {
+        await drain(entry);
+        this.clearForEntry(rel, true);
+        try {
+          mkdirSync(abs, { mode: 0o700 });
+        } catch (error) {
+          if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+        }
+        this.dirs.set(rel, { path: rel, mode, mtime, uid, gid });
+        return;
+      }
+      case 'file':
+      case 'contiguous-file': {
+        this.clearForEntry(rel, false);
+        await writeFile(abs, entry);
+        this.applyAttributes(rel, abs, mode, mtime, uid, gid);
+        this.linkable.add(rel);
+        return;
+      }
+      case 'symlink': {
+        await drain(entry);
+        const target = header.linkname ?? '';
+        if (target === '') throw this.reject(name, 'is a symlink without a target');
+        this.clearForEntry(rel, false);
+        // Symlinks may point anywhere: they are resolved inside the environment's root, never while unpacking.
+        symlinkSync(target, abs);
+        if (this.options.chown) lchownSync(abs, uid, gid);
+        else this.noteOwner(rel, uid, gid);
+        lutimesSync(abs, mtime, mtime);
+        this.symlinks.add(rel);
+        this.linkable.add(rel);
+        return;
+      }
+      case 'link': {
+        await drain(entry);
+        const target = this.confine(name, header.linkname ?? '', 'hard link target');
+        if (target === '' || !this.linkable.has(target)) {
+          throw this.reject(name, `is a hard link to "${header.linkname ?? ''}", which is not an earlier file of this layer`);
+        }
+        if (target === rel) return;
+        this.clearForEntry(rel, false);
+        linkSync(join(this.root, target), abs);
+        if (this.symlinks.has(target)) this.symlinks.add(rel);
+        this.linkable.add(rel);
+        return;
+      }
+      case 'character-device':
+      case 'block-device': {
+        await drain(entry);
+        this.result.skippedDevices += 1;
+        return;
+      }
+      case 'fifo': {
+        await drain(entry);
+        this.clearForEntry(rel, false);
+        this.fifos.push({ rel, mode, mtime, uid, gid });
+        return;
+      }
+      default:
+        // pax and GNU long-name headers are consumed by the parser; anything else carries no file.
+        await drain(entry);
+        return;
+    }
+  }
+
+  private applyAttributes(rel: string, abs: string, mode: number, mtime: Date, uid: number, gid: number): void {
+    if (this.options.chown) lchownSync(abs, uid, gid);
+    else this.noteOwner(rel, uid, gid);
+    // chmod after chown: chown clears setuid bits.
+    chmodSync(abs, this.finalMode(rel, mode));
+    utimesSync(abs, mtime, mtime);
+  }
+
+  private async finish(): Promise<void> {
+    // A whiteout next to a same-named entry of the same layer hides nothing of this layer (OCI spec): the entry stays.
+    const whiteouts = [...this.whiteouts].filter((rel) => !exists(join(this.root, rel)));
+    if (whiteouts.length > 0) {
+      await run('sh', ['-c', 'for p do mknod -- "$p" c 0 0 || exit 1; done', 'sh', ...whiteouts.map((rel) => join(this.root, rel))], {
+        errorCode: 'IMAGE',
+        hint: 'overlay whiteouts are 0/0 character devices, which Linux lets unprivileged users create since 5.8',
+      });
+    }
+    if (this.opaque.size > 0) {
+      for (const rel of this.opaque) mkdirSync(join(this.root, rel), { recursive: true });
+      await run('sh', ['-c', 'for p do setfattr -n user.overlay.opaque -v y -- "$p" || exit 1; done', 'sh', ...[...this.opaque].map((rel) => join(this.root, rel))], {
+        errorCode: 'IMAGE',
+        hint: 'opaque directories need setfattr (Debian: apt-get install attr) and a filesystem with user xattrs',
+      });
+    }
+    if (this.fifos.length > 0) {
+      await run('mkfifo', ['--', ...this.fifos.map((fifo) => join(this.root, fifo.rel))], { errorCode: 'IMAGE' });
+      for (const fifo of this.fifos) {
+        const abs = join(this.root, fifo.rel);
+        this.applyAttributes(fifo.rel, abs, fifo.mode, fifo.mtime, fifo.uid, fifo.gid);
+      }
+    }
+    // Deepest first, after every child exists: a read-only directory would refuse its children, and each write moves its mtime.
+    const dirs = [...this.dirs.values()].sort((a, b) => depth(b.path) - depth(a.path));
+    for (const dir of dirs) {
+      const abs = dir.path === '' ? this.root : join(this.root, dir.path);
+      this.applyAttributes(dir.path === '' ? '.' : dir.path, abs, dir.mode, dir.mtime, dir.uid, dir.gid);
+    }
+  }
+}
+
+function depth(rel: string): number {
+  return rel === '' ? 0 : rel.split('/').length;
+}
+
+function exists(path: string): boolean {
+  try {
+    lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function drain(entry: TarEntry): Promise<void> {
+  for await (const chunk of entry) void chunk;
+}
+
+async function writeFile(abs: string, entry: TarEntry): Promise<void> {
+  // O_NOFOLLOW and O_EXCL: never write through a link, even one the checks missed.
+  const fd = openSync(abs, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, 0o600);
+  try {
+    for await (const chunk of entry) {
+      const buffer = chunk as Buffer;
+      let offset = 0;
+      while (offset < buffer.length) offset += writeSync(fd, buffer, offset, buffer.length - offset);
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
