@@ -1,0 +1,263 @@
+/**
+ * One side of a sync pair as a directory on this machine: the host project tree, or the private copy
+ * the runtime bind-mounts into an environment.
+ *
+ * Safety: the other side of the pair is not trusted (a process in the environment can replace any
+ * directory with a symlink to /home/you at any moment), so no operation ever goes through a symlink.
+ * Every path is checked component by component with lstat before use, files are opened with
+ * O_NOFOLLOW, and writes land in a temp file in the same directory that is renamed over the target,
+ * which replaces a symlink rather than writing through it. Node has no openat(2), so a swap between
+ * the check and the use remains possible; the check narrows that window to microseconds.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { constants, type Stats } from 'node:fs';
+import { chmod, lstat, type FileHandle, mkdir, open, readdir, readlink, rename, rm, symlink, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { EnvyError } from '../errors.js';
+import { SYNC_TEMP_PREFIX } from './ignore.js';
+import {
+  HASH_ALGORITHM,
+  type DirEntry,
+  type EntryInfo,
+  type SyncTransport,
+  type WatchHandle,
+  type WatchOptions,
+  type WriteOptions,
+} from './transport.js';
+import { watchTree } from './watcher.js';
+
+const READ_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW;
+const CREATE_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+
+export function infoFromStats(stats: Stats, linkTarget?: string): EntryInfo {
+  const type = stats.isDirectory() ? 'dir' : stats.isSymbolicLink() ? 'symlink' : 'file';
+  const info: EntryInfo = { type, mode: stats.mode & 0o7777, size: stats.size, mtimeMs: stats.mtimeMs };
+  if (linkTarget !== undefined) info.linkTarget = linkTarget;
+  return info;
+}
+
+function isMissing(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException).code;
+  return code === 'ENOENT' || code === 'ENOTDIR';
+}
+
+/** Reject anything that is not a plain relative path inside the tree. */
+export function checkRelativePath(path: string): string[] {
+  if (path === '') return [];
+  const parts = path.split('/');
+  if (path.startsWith('/') || path.includes('\0') || parts.some((p) => p === '' || p === '.' || p === '..')) {
+    throw new EnvyError('RUNTIME', `sync: refusing the path "${path}": not a plain path inside the tree`, {
+      hint: 'this is a bug in the sync peer or a hostile environment; the path was not touched',
+    });
+  }
+  return parts;
+}
+
+export class LocalTransport implements SyncTransport {
+  readonly description: string;
+
+  constructor(readonly root: string) {
+    this.description = root;
+  }
+
+  async init(): Promise<void> {
+    await mkdir(this.root, { recursive: true });
+    const stats = await lstat(this.root);
+    if (!stats.isDirectory()) {
+      throw new EnvyError('RUNTIME', `sync: ${this.root} is not a directory`, {
+        hint: 'remove it or point the sync at a directory',
+      });
+    }
+  }
+
+  /**
+   * Absolute path for `path` after checking that no directory on the way is a symlink. A missing
+   * component is fine (the caller gets ENOENT from its own operation).
+   */
+  private async resolve(path: string): Promise<string> {
+    const parts = checkRelativePath(path);
+    let current = this.root;
+    for (let i = 0; i < parts.length - 1; i++) {
+      current = join(current, parts[i]!);
+      let stats: Stats;
+      try {
+        stats = await lstat(current);
+      } catch (error) {
+        if (isMissing(error)) break;
+        throw error;
+      }
+      if (stats.isSymbolicLink()) {
+        throw new EnvyError('RUNTIME', `sync: refusing "${path}" in ${this.root}: "${parts.slice(0, i + 1).join('/')}" is a symlink`, {
+          hint: 'sync never follows symlinks; replace the link with a directory if the files should sync',
+        });
+      }
+    }
+    return parts.length === 0 ? this.root : join(this.root, ...parts);
+  }
+
+  async stat(path: string): Promise<EntryInfo | null> {
+    const abs = await this.resolve(path);
+    try {
+      const stats = await lstat(abs);
+      return infoFromStats(stats, stats.isSymbolicLink() ? await readlink(abs) : undefined);
+    } catch (error) {
+      if (isMissing(error)) return null;
+      throw error;
+    }
+  }
+
+  async readDir(path: string): Promise<DirEntry[]> {
+    const abs = await this.resolve(path);
+    let names: string[];
+    try {
+      const stats = await lstat(abs);
+      if (!stats.isDirectory()) return [];
+      names = await readdir(abs);
+    } catch (error) {
+      if (isMissing(error)) return [];
+      throw error;
+    }
+    const entries = await Promise.all(
+      names.map(async (name): Promise<DirEntry | null> => {
+        const child = join(abs, name);
+        try {
+          const stats = await lstat(child);
+          if (!stats.isFile() && !stats.isDirectory() && !stats.isSymbolicLink()) return null; // sockets, fifos, devices
+          const info = infoFromStats(stats, stats.isSymbolicLink() ? await readlink(child) : undefined);
+          return { name, ...info };
+        } catch (error) {
+          if (isMissing(error)) return null;
+          throw error;
+        }
+      }),
+    );
+    return entries.filter((e): e is DirEntry => e !== null);
+  }
+
+  async hash(path: string): Promise<string> {
+    const handle = await open(await this.resolve(path), READ_FLAGS);
+    try {
+      const digest = createHash(HASH_ALGORITHM);
+      for await (const chunk of handle.createReadStream({ autoClose: false, highWaterMark: 1 << 16 })) digest.update(chunk as Buffer);
+      return digest.digest('hex');
+    } finally {
+      await handle.close();
+    }
+  }
+
+  async readFile(path: string): Promise<Buffer> {
+    const handle = await open(await this.resolve(path), READ_FLAGS);
+    try {
+      return await handle.readFile();
+    } finally {
+      await handle.close();
+    }
+  }
+
+  async openRead(path: string): Promise<Readable> {
+    const handle = await open(await this.resolve(path), READ_FLAGS);
+    return handle.createReadStream({ highWaterMark: 1 << 16 });
+  }
+
+  private tempPathFor(abs: string): string {
+    const slash = abs.lastIndexOf('/');
+    return `${abs.slice(0, slash)}/${SYNC_TEMP_PREFIX}${randomBytes(6).toString('hex')}`;
+  }
+
+  async writeFile(path: string, data: Buffer | Readable, options: WriteOptions): Promise<EntryInfo> {
+    const abs = await this.resolve(path);
+    const temp = this.tempPathFor(abs);
+    let handle: FileHandle;
+    try {
+      handle = await open(temp, CREATE_FLAGS, options.mode & 0o777);
+    } catch (error) {
+      if (!Buffer.isBuffer(data)) data.destroy();
+      throw error;
+    }
+    let info: EntryInfo;
+    try {
+      if (Buffer.isBuffer(data)) {
+        await handle.writeFile(data);
+      } else {
+        for await (const chunk of data) await handle.write(chunk as Buffer);
+      }
+      // The umask narrowed the mode given to open(); set exactly what the source has.
+      await handle.chmod(options.mode);
+      // Seconds as a number keep sub-millisecond precision, which a Date would drop.
+      await handle.utimes(options.mtimeMs / 1000, options.mtimeMs / 1000);
+      info = infoFromStats(await handle.stat());
+    } catch (error) {
+      await handle.close();
+      await unlink(temp).catch(() => undefined);
+      if (!Buffer.isBuffer(data)) data.destroy();
+      throw error;
+    }
+    await handle.close();
+    try {
+      await rename(temp, abs);
+    } catch (error) {
+      await unlink(temp).catch(() => undefined);
+      throw error;
+    }
+    return info;
+  }
+
+  async mkdir(path: string, mode: number): Promise<void> {
+    const abs = await this.resolve(path);
+    try {
+      await mkdir(abs, mode & 0o7777);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      const stats = await lstat(abs);
+      if (!stats.isDirectory()) throw error;
+    }
+    await this.chmod(path, mode);
+  }
+
+  async symlink(path: string, target: string): Promise<EntryInfo> {
+    const abs = await this.resolve(path);
+    const temp = this.tempPathFor(abs);
+    await symlink(target, temp);
+    try {
+      await rename(temp, abs);
+    } catch (error) {
+      await unlink(temp).catch(() => undefined);
+      throw error;
+    }
+    return infoFromStats(await lstat(abs), target);
+  }
+
+  async remove(path: string): Promise<void> {
+    if (path === '') throw new EnvyError('INTERNAL', 'sync: refusing to remove the root of the tree');
+    // rm does not follow symlinks: a link is unlinked, never its target's contents.
+    await rm(await this.resolve(path), { recursive: true, force: true });
+  }
+
+  async rename(from: string, to: string): Promise<void> {
+    await rename(await this.resolve(from), await this.resolve(to));
+  }
+
+  async chmod(path: string, mode: number): Promise<void> {
+    const abs = await this.resolve(path);
+    const stats = await lstat(abs);
+    // Link permissions mean nothing on Linux, and chmod on a link would change its target.
+    if (stats.isSymbolicLink()) return;
+    if ((stats.mode & 0o7777) === (mode & 0o7777)) return;
+    await chmod(abs, mode & 0o7777);
+  }
+
+  async setMtime(path: string, mtimeMs: number): Promise<void> {
+    const handle = await open(await this.resolve(path), READ_FLAGS);
+    try {
+      const stats = await handle.stat();
+      await handle.utimes(stats.atimeMs / 1000, mtimeMs / 1000);
+    } finally {
+      await handle.close();
+    }
+  }
+
+  async watch(options: WatchOptions): Promise<WatchHandle> {
+    return watchTree(this.root, options);
+  }
+}
