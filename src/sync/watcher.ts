@@ -102,7 +102,8 @@ export class TreeWatcher implements WatchHandle {
   /** Route a watcher error: a watch-limit error switches to polling; the rest go to the caller. */
   async handleError(error: Error): Promise<void> {
     if (this.closed) return;
-    if (!this.polling && isWatchLimitError(error)) {
+    if (isWatchLimitError(error) && (!this.polling || this.fellBack)) {
+      // Stragglers from the inotify watcher we already replaced.
       if (this.fellBack) return;
       this.fellBack = true;
       this.options.onWarning(watchLimitWarning(error));
