@@ -2,9 +2,10 @@
 // Bundling matters for start-up: one file parses faster than hundreds of
 // node_modules lookups, and ink/React sit in a lazily loaded chunk.
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { bundleOptions } from './bundle-config.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const dist = join(root, 'dist');
@@ -22,23 +23,14 @@ try {
 rmSync(dist, { recursive: true, force: true });
 mkdirSync(dist, { recursive: true });
 
-await esbuild.build({
-  entryPoints: { main: join(root, 'src/cli/main.ts') },
-  outdir: dist,
-  bundle: true,
-  splitting: true,
-  format: 'esm',
-  platform: 'node',
-  target: 'node20',
-  sourcemap: 'linked',
-  chunkNames: 'chunks/[name]-[hash]',
-  logLevel: 'warning',
-  // Some bundled CommonJS dependencies call require(); give ESM output one.
-  banner: { js: "import { createRequire as __envyCreateRequire } from 'node:module'; const require = __envyCreateRequire(import.meta.url);" },
-  define: { 'process.env.NODE_ENV': '"production"', ENVY_VERSION: JSON.stringify(process.env.npm_package_version ?? (await import(join(root, 'package.json'), { with: { type: 'json' } })).default.version) },
-  // react-devtools-core is an optional ink dependency, only used when DEV=true.
-  external: ['react-devtools-core'],
-});
+const { version } = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
+await esbuild.build(
+  bundleOptions(root, {
+    entryPoints: { main: join(root, 'src/cli/main.ts') },
+    outdir: dist,
+    define: { ENVY_VERSION: JSON.stringify(version) },
+  }),
+);
 
 const helperSource = join(root, 'native/envy-ns.c');
 if (existsSync(helperSource)) {

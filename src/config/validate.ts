@@ -15,18 +15,7 @@ let validator: Promise<ValidateFunction> | undefined;
 
 /** Compiled once per process; ajv and the schema are loaded only when a spec is first validated. */
 export function schemaValidator(): Promise<ValidateFunction> {
-  validator ??= (async () => {
-    const [ajvModule, schemaModule] = await Promise.all([
-      import('ajv/dist/2020.js'),
-      import('../../schemas/env.schema.json', { with: { type: 'json' } }),
-    ]);
-    // Node's ESM loader exposes ajv's named export; an esbuild bundle exposes only `default`, which is the class itself.
-    const Ajv2020 = ajvModule.Ajv2020 ?? (ajvModule.default as unknown as typeof ajvModule.Ajv2020);
-    const ajv = new Ajv2020({ allErrors: true, verbose: true, strict: true, strictRequired: false, allowUnionTypes: true });
-    // An annotation for error messages: what a pattern means, in words.
-    ajv.addKeyword({ keyword: 'x-envy-expected', schemaType: 'string' });
-    return ajv.compile(schemaModule.default);
-  })();
+  validator ??= import('./compiled-schema.js').then((m) => m.createValidator());
   return validator;
 }
 

@@ -3,6 +3,8 @@ import { writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { build } from 'esbuild';
 import { describe, expect, it } from 'vitest';
+// @ts-expect-error: plain .mjs without types, shared with scripts/build.mjs
+import { bundleOptions } from '../../../scripts/bundle-config.mjs';
 import { tempDir } from './helpers.js';
 
 const root = resolve(import.meta.dirname, '../../..');
@@ -22,17 +24,7 @@ console.log(JSON.stringify({ name: good.spec.name, bad }));
 `,
     );
     writeFileSync(join(dir, 'env.yaml'), 'name: demo\nbase: {host: true}\nnetwork: hots\n');
-    await build({
-      entryPoints: { main: join(dir, 'entry.ts') },
-      outdir: join(dir, 'dist'),
-      bundle: true,
-      splitting: true,
-      format: 'esm',
-      platform: 'node',
-      target: 'node20',
-      logLevel: 'silent',
-      banner: { js: "import { createRequire as __envyCreateRequire } from 'node:module'; const require = __envyCreateRequire(import.meta.url);" },
-    });
+    await build(bundleOptions(root, { entryPoints: { main: join(dir, 'entry.ts') }, outdir: join(dir, 'dist') }));
     const result = spawnSync(process.execPath, [join(dir, 'dist/main.js'), 'env.yaml'], { cwd: dir, encoding: 'utf8', timeout: 30_000 });
     expect(result.stderr).toBe('');
     expect(JSON.parse(result.stdout)).toEqual({
