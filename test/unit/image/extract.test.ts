@@ -28,7 +28,7 @@ async function extractEntries(entries: TestEntry[], wrap: (tar: Buffer) => Buffe
 
 function getXattr(path: string, name: string): string | undefined {
   try {
-    return execFileSync('getfattr', ['--only-values', '-n', name, path], { stdio: ['ignore', 'pipe', 'ignore'] }).toString();
+    return execFileSync('getfattr', ['--absolute-names', '--only-values', '-n', name, path], { stdio: ['ignore', 'pipe', 'ignore'] }).toString();
   } catch {
     return undefined;
   }

@@ -6,7 +6,7 @@ import * as tar from 'tar-stream';
 export interface TestEntry {
   name: string;
   type?: 'file' | 'directory' | 'symlink' | 'link' | 'character-device' | 'block-device' | 'fifo';
-  content?: string;
+  content?: string | Buffer;
   linkname?: string;
   mode?: number;
   uid?: number;
@@ -33,8 +33,7 @@ export async function makeTar(entries: TestEntry[]): Promise<Buffer> {
       ...(type === 'character-device' || type === 'block-device' ? { devmajor: 1, devminor: 3 } : {}),
     };
     await new Promise<void>((resolve, reject) => {
-      if (type === 'file') pack.entry(header, entry.content ?? '', (error) => (error ? reject(error) : resolve()));
-      else pack.entry(header, (error) => (error ? reject(error) : resolve())).end();
+      pack.entry(header, type === 'file' ? (entry.content ?? '') : '', (error) => (error ? reject(error) : resolve()));
     });
   }
   pack.finalize();

@@ -1,0 +1,513 @@
+/**
+ * The layer store under `stateDir()/store`:
+ *
+ *   blobs/sha256/<hex>            compressed blobs as downloaded (digest-verified), configs, manifests
+ *   blobs/sha256/.partial-<hex>   a download in progress (resumed with Range by the next pull)
+ *   layers/sha256/<diffid hex>/   root/ (the unpacked layer, an overlay lowerdir) + meta.json
+ *   images/<key>.json             an image: ordered layer diff_ids + runtime config
+ *   refs/<holder>.json            which images an environment or build holds (reference counts)
+ *   locks/                        O_EXCL lock files (src/state/lock.ts)
+ *
+ * Crash safety: every layer is unpacked into layers/.tmp-* and renamed into
+ * place only once complete with its meta.json, so a layer dir that exists is
+ * whole; JSON documents are written atomically; temp dirs of dead processes
+ * are swept on open. Concurrency: a lock per layer/blob serialises the work on
+ * one digest (a second puller waits, then finds it done), and one store lock
+ * guards image records, refs and gc. Lock files rather than flock(2): Node has
+ * no flock, and the lock files carry pid + start time, so a SIGKILLed owner is
+ * detected and its lock taken over (src/state/lock.ts).
+ */
+import { lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { EnvyError } from '../errors.js';
+import { fsyncDir, writeFileAtomic } from '../state/atomic.js';
+import { acquireLock, isAlive, type Lock } from '../state/lock.js';
+import { stateDir } from '../state/paths.js';
+import { digestHex, isDigest, sha256File } from './digest.js';
+import { extractLayer, removeTree, type ExtractOptions, type ExtractResult, type LayerSource } from './extract.js';
+import { TEMP_PREFIX, tempName, tempOwnerAlive } from './temp.js';
+
+export interface LayerMeta {
+  diffId: string;
+  /** Bytes of the uncompressed tar. */
+  size: number;
+  /** What made the layer: `pull docker.io/library/debian@sha256:...`, `oci-import ...`, a build step label. */
+  createdBy: string;
+  createdAt: string;
+  /** The compressed blob it came from, when it came from one. */
+  blobDigest?: string;
+  compression?: ExtractResult['compression'];
+  entries: number;
+  skippedDevices: number;
+  whiteouts: string[];
+  opaqueDirs: string[];
+  /** Whether tar owners were applied (unpacked as root in a user namespace). */
+  chowned: boolean;
+  owners: Record<string, [number, number]>;
+  strippedModes: Record<string, number>;
+}
+
+export interface ImageConfig {
+  env: string[];
+  cmd?: string[];
+  entrypoint?: string[];
+  workdir?: string;
+  user?: string;
+  labels?: Record<string, string>;
+}
+
+export interface ImageLayer {
+  diffId: string;
+  /** The compressed blob in blobs/, when the store has one (pulled or imported). */
+  blobDigest?: string;
+  mediaType?: string;
+  blobSize?: number;
+}
+
+export interface Platform {
+  os: string;
+  architecture: string;
+  variant?: string;
+}
+
+export interface ImageRecord {
+  /** Store key: `sha256-<hex>` of the manifest for pulled/imported images, a step key for builds. */
+  key: string;
+  /** Where it came from (a reference, an archive path, a build). */
+  source: string;
+  /** The resolved manifest digest (what env.lock pins). */
+  manifestDigest?: string;
+  /** The OCI config blob in blobs/, when the store has one. */
+  configDigest?: string;
+  platform?: Platform;
+  layers: ImageLayer[];
+  config: ImageConfig;
+  createdAt: string;
+}
+
+export interface GcOptions {
+  /** Keep anything written more recently than this (ms; default 10 minutes): a build in flight has not recorded its refs yet. */
+  graceMs?: number;
+  /** How to delete a layer tree (the runtime passes one that works inside the user namespace for subuid-owned files). */
+  removeTree?: (path: string) => Promise<void> | void;
+}
+
+export interface GcResult {
+  images: string[];
+  layers: string[];
+  blobs: string[];
+  bytesFreed: number;
+}
+
+export type Unpacker = (source: LayerSource, dest: string, options: ExtractOptions) => Promise<ExtractResult>;
+
+export interface AddLayerOptions {
+  /** Names the layer in errors. */
+  label: string;
+  createdBy: string;
+  /** The diff_id the image config promises; lets a cached layer skip the work entirely. */
+  expectedDiffId?: string;
+  blobDigest?: string;
+  /** Runs the unpacking (default: in this process, without chown). */
+  unpack?: Unpacker;
+  chown?: boolean;
+}
+
+const KEY = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}$/;
+
+export function defaultStoreRoot(): string {
+  return join(stateDir(), 'store');
+}
+
+/** The store key of an image known by its manifest digest. */
+export function imageKeyForDigest(digest: string): string {
+  return `sha256-${digestHex(digest)}`;
+}
+
+export class LayerStore {
+  private constructor(readonly root: string) {}
+
+  /** Open (creating if needed) the store and sweep what killed processes left behind. */
+  static open(root: string = defaultStoreRoot()): LayerStore {
+    const store = new LayerStore(root);
+    for (const dir of ['blobs/sha256', 'layers/sha256', 'images', 'refs', 'locks']) mkdirSync(join(root, dir), { recursive: true });
+    store.sweep();
+    return store;
+  }
+
+  // ---- paths -------------------------------------------------------------
+
+  blobPath(digest: string): string {
+    return join(this.root, 'blobs/sha256', digestHex(digest, 'blob digest'));
+  }
+
+  partialBlobPath(digest: string): string {
+    return join(this.root, 'blobs/sha256', `.partial-${digestHex(digest, 'blob digest')}`);
+  }
+
+  layerDir(diffId: string): string {
+    return join(this.root, 'layers/sha256', digestHex(diffId, 'layer diff_id'));
+  }
+
+  /** The unpacked tree: what the runtime stacks as an overlay lowerdir. */
+  layerRoot(diffId: string): string {
+    return join(this.layerDir(diffId), 'root');
+  }
+
+  private imagePath(key: string): string {
+    if (!KEY.test(key)) throw new EnvyError('INTERNAL', `invalid image key "${key}"`);
+    return join(this.root, 'images', `${key}.json`);
+  }
+
+  private refPath(holder: string): string {
+    return join(this.root, 'refs', `${encodeURIComponent(holder).replace(/^\./, '%2E')}.json`);
+  }
+
+  // ---- locks -------------------------------------------------------------
+
+  async lock(name: string, purpose: string): Promise<Lock> {
+    return acquireLock(join(this.root, 'locks', `${name}.lock`), { purpose });
+  }
+
+  private async withLock<T>(name: string, purpose: string, body: () => Promise<T> | T): Promise<T> {
+    const lock = await this.lock(name, purpose);
+    try {
+      return await body();
+    } finally {
+      lock.release();
+    }
+  }
+
+  // ---- blobs -------------------------------------------------------------
+
+  hasBlob(digest: string): boolean {
+    return isFile(this.blobPath(digest));
+  }
+
+  readBlob(digest: string): Buffer {
+    return readFileSync(this.blobPath(digest));
+  }
+
+  /**
+   * Move a fully written file into blobs/ if its content matches `digest`;
+   * otherwise delete it and fail, naming the blob.
+   */
+  async commitBlob(digest: string, file: string, where: string): Promise<void> {
+    const actual = await sha256File(file);
+    if (actual.digest !== digest) {
+      rmSync(file, { force: true });
+      throw new EnvyError('IMAGE', `blob ${digest} from ${where} has digest ${actual.digest}: its content does not match, deleted`, {
+        hint: 'the source is corrupt or was tampered with; try again, and report it to the image publisher if it persists',
+      });
+    }
+    renameSync(file, this.blobPath(digest));
+    fsyncDir(join(this.root, 'blobs/sha256'));
+  }
+
+  /** Write a small blob (config, manifest) we already hold in memory, verifying its digest. */
+  async putBlob(digest: string, data: Uint8Array, where: string): Promise<void> {
+    if (this.hasBlob(digest)) return;
+    const temp = join(this.root, 'blobs/sha256', tempName('blob'));
+    writeFileAtomic(temp, data);
+    await this.commitBlob(digest, temp, where);
+  }
+
+  /** A temp path for a blob being written (swept if its process dies). */
+  blobTempPath(): string {
+    return join(this.root, 'blobs/sha256', tempName('blob'));
+  }
+
+  async withBlobLock<T>(digest: string, body: () => Promise<T>): Promise<T> {
+    return this.withLock(`blob-${digestHex(digest)}`, `fetch blob ${digest}`, body);
+  }
+
+  // ---- layers ------------------------------------------------------------
+
+  hasLayer(diffId: string): boolean {
+    return isFile(join(this.layerDir(diffId), 'meta.json'));
+  }
+
+  readLayerMeta(diffId: string): LayerMeta {
+    try {
+      return JSON.parse(readFileSync(join(this.layerDir(diffId), 'meta.json'), 'utf8')) as LayerMeta;
+    } catch (error) {
+      throw new EnvyError('STATE', `layer ${diffId} is not in the store (${this.layerDir(diffId)})`, {
+        hint: 'pull or build the image again; `envy gc` may have removed it',
+        cause: error,
+      });
+    }
+  }
+
+  /**
+   * Unpack a layer blob into the store and return its metadata. With a known
+   * diff_id a layer already present costs nothing; two processes adding the
+   * same layer serialise on its lock and the second finds it done.
+   */
+  async addLayer(source: LayerSource, options: AddLayerOptions): Promise<LayerMeta> {
+    if (options.expectedDiffId && this.hasLayer(options.expectedDiffId)) return this.readLayerMeta(options.expectedDiffId);
+    const lockKey = options.expectedDiffId ?? options.blobDigest;
+    const body = async (): Promise<LayerMeta> => {
+      if (options.expectedDiffId && this.hasLayer(options.expectedDiffId)) return this.readLayerMeta(options.expectedDiffId);
+      const temp = join(this.root, 'layers', tempName('layer'));
+      mkdirSync(temp, { mode: 0o700 });
+      try {
+        const unpack = options.unpack ?? extractLayer;
+        const result = await unpack(source, join(temp, 'root'), {
+          label: options.label,
+          expectedDiffId: options.expectedDiffId,
+          chown: options.chown,
+          scratchDir: temp,
+        });
+        const meta: LayerMeta = {
+          diffId: result.diffId,
+          size: result.tarSize,
+          createdBy: options.createdBy,
+          createdAt: new Date().toISOString(),
+          ...(options.blobDigest ? { blobDigest: options.blobDigest } : {}),
+          compression: result.compression,
+          entries: result.entries,
+          skippedDevices: result.skippedDevices,
+          whiteouts: result.whiteouts,
+          opaqueDirs: result.opaqueDirs,
+          chowned: options.chown ?? false,
+          owners: result.owners,
+          strippedModes: result.strippedModes,
+        };
+        writeFileAtomic(join(temp, 'meta.json'), `${JSON.stringify(meta)}\n`);
+        if (this.hasLayer(meta.diffId)) {
+          // Known only after unpacking (no expected diff_id): someone stored it meanwhile.
+          await this.removeTemp(temp);
+          return this.readLayerMeta(meta.diffId);
+        }
+        try {
+          renameSync(temp, this.layerDir(meta.diffId));
+        } catch (error) {
+          const code = (error as NodeJS.ErrnoException).code;
+          if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw error;
+          await this.removeTemp(temp);
+          return this.readLayerMeta(meta.diffId);
+        }
+        fsyncDir(join(this.root, 'layers/sha256'));
+        return meta;
+      } catch (error) {
+        await this.removeTemp(temp);
+        throw error;
+      }
+    };
+    return lockKey ? this.withLock(`layer-${digestHex(lockKey)}`, `unpack ${options.label}`, body) : body();
+  }
+
+  private async removeTemp(temp: string): Promise<void> {
+    removeTree(temp);
+  }
+
+  // ---- images ------------------------------------------------------------
+
+  hasImage(key: string): boolean {
+    return isFile(this.imagePath(key));
+  }
+
+  readImage(key: string): ImageRecord {
+    try {
+      return JSON.parse(readFileSync(this.imagePath(key), 'utf8')) as ImageRecord;
+    } catch (error) {
+      throw new EnvyError('STATE', `image ${key} is not in the store`, { hint: 'pull or build it again', cause: error });
+    }
+  }
+
+  listImages(): ImageRecord[] {
+    return readdirSync(join(this.root, 'images'))
+      .filter((name) => name.endsWith('.json') && !name.startsWith('.'))
+      .map((name) => this.readImage(name.slice(0, -'.json'.length)));
+  }
+
+  /** Record an image whose layers are all in the store. */
+  async writeImage(record: ImageRecord): Promise<void> {
+    for (const layer of record.layers) {
+      if (!this.hasLayer(layer.diffId)) throw new EnvyError('INTERNAL', `image ${record.key} names layer ${layer.diffId}, which is not in the store`);
+    }
+    await this.withLock('store', `write image ${record.key}`, () => writeFileAtomic(this.imagePath(record.key), `${JSON.stringify(record, null, 2)}\n`));
+  }
+
+  // ---- references --------------------------------------------------------
+
+  /** Record that `holder` (e.g. `env:<id>`, `build:<key>`) uses these images; replaces its previous set. */
+  async setRefs(holder: string, imageKeys: string[]): Promise<void> {
+    for (const key of imageKeys) if (!this.hasImage(key)) throw new EnvyError('INTERNAL', `cannot reference image ${key}: not in the store`);
+    await this.withLock('store', `refs ${holder}`, () => {
+      if (imageKeys.length === 0) rmSync(this.refPath(holder), { force: true });
+      else writeFileAtomic(this.refPath(holder), `${JSON.stringify({ holder, images: [...new Set(imageKeys)].sort(), updatedAt: new Date().toISOString() })}\n`);
+    });
+  }
+
+  async removeRefs(holder: string): Promise<void> {
+    await this.setRefs(holder, []);
+  }
+
+  /** image key → holders that use it. */
+  referenceCounts(): Map<string, string[]> {
+    const counts = new Map<string, string[]>();
+    for (const name of readdirSync(join(this.root, 'refs'))) {
+      if (!name.endsWith('.json') || name.startsWith('.')) continue;
+      const ref = JSON.parse(readFileSync(join(this.root, 'refs', name), 'utf8')) as { holder: string; images: string[] };
+      for (const key of ref.images) counts.set(key, [...(counts.get(key) ?? []), ref.holder]);
+    }
+    return counts;
+  }
+
+  // ---- gc and consistency ------------------------------------------------
+
+  /**
+   * Remove images no holder references, then layers and blobs no remaining image
+   * uses; report what went and the bytes freed. Everything younger than the
+   * grace period stays: a pull or build in flight has not written its records yet.
+   */
+  async gc(options: GcOptions = {}): Promise<GcResult> {
+    const graceMs = options.graceMs ?? 10 * 60_000;
+    const cutoff = Date.now() - graceMs;
+    const remove = options.removeTree ?? removeTree;
+    return this.withLock('store', 'gc', async () => {
+      const result: GcResult = { images: [], layers: [], blobs: [], bytesFreed: 0 };
+      const referenced = this.referenceCounts();
+      const liveLayers = new Set<string>();
+      const liveBlobs = new Set<string>();
+      for (const image of this.listImages()) {
+        const path = this.imagePath(image.key);
+        if (!referenced.has(image.key) && statSync(path).mtimeMs < cutoff) {
+          result.bytesFreed += diskUsage(path);
+          rmSync(path);
+          result.images.push(image.key);
+          continue;
+        }
+        for (const layer of image.layers) {
+          liveLayers.add(digestHex(layer.diffId));
+          if (layer.blobDigest) liveBlobs.add(digestHex(layer.blobDigest));
+        }
+        for (const digest of [image.manifestDigest, image.configDigest]) if (digest && isDigest(digest)) liveBlobs.add(digestHex(digest));
+      }
+      for (const hex of readdirSync(join(this.root, 'layers/sha256'))) {
+        const dir = join(this.root, 'layers/sha256', hex);
+        if (liveLayers.has(hex) || statSync(dir).mtimeMs >= cutoff) continue;
+        const bytes = diskUsage(dir);
+        // Renamed out of the namespace first: a crash mid-delete leaves a temp (swept), never a half layer.
+        const trash = join(this.root, 'layers', tempName('gc'));
+        renameSync(dir, trash);
+        await remove(trash);
+        result.bytesFreed += bytes;
+        result.layers.push(`sha256:${hex}`);
+      }
+      for (const name of readdirSync(join(this.root, 'blobs/sha256'))) {
+        const path = join(this.root, 'blobs/sha256', name);
+        const hex = name.startsWith('.partial-') ? name.slice('.partial-'.length) : name;
+        if (name.startsWith(TEMP_PREFIX) || liveBlobs.has(hex) || statSync(path).mtimeMs >= cutoff) continue;
+        if (name.startsWith('.partial-') && this.blobLockHeld(hex)) continue;
+        result.bytesFreed += diskUsage(path);
+        rmSync(path, { force: true });
+        result.blobs.push(name.startsWith('.partial-') ? name : `sha256:${hex}`);
+      }
+      return result;
+    });
+  }
+
+  private blobLockHeld(hex: string): boolean {
+    try {
+      const owner = JSON.parse(readFileSync(join(this.root, 'locks', `blob-${hex}.lock`), 'utf8')) as { pid: number; startTime: string };
+      return isAlive(owner);
+    } catch {
+      return false;
+    }
+  }
+
+  private readLayerMetaQuietly(hex: string): LayerMeta | undefined {
+    try {
+      return JSON.parse(readFileSync(join(this.root, 'layers/sha256', hex, 'meta.json'), 'utf8')) as LayerMeta;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Problems that would make the store lie: images naming missing layers, layers without metadata. */
+  verify(): string[] {
+    const problems: string[] = [];
+    for (const hex of readdirSync(join(this.root, 'layers/sha256'))) {
+      const meta = this.readLayerMetaQuietly(hex);
+      if (!meta) problems.push(`layer sha256:${hex} has no readable meta.json`);
+      else if (meta.diffId !== `sha256:${hex}`) problems.push(`layer sha256:${hex} says it is ${meta.diffId}`);
+      if (!isDirectory(join(this.root, 'layers/sha256', hex, 'root'))) problems.push(`layer sha256:${hex} has no root/`);
+    }
+    for (const image of this.listImages()) {
+      for (const layer of image.layers) if (!this.hasLayer(layer.diffId)) problems.push(`image ${image.key} names missing layer ${layer.diffId}`);
+    }
+    for (const name of readdirSync(join(this.root, 'blobs/sha256'))) {
+      if (/^[a-f0-9]{64}$/.test(name) || name.startsWith('.partial-') || name.startsWith(TEMP_PREFIX)) continue;
+      problems.push(`unexpected file blobs/sha256/${name}`);
+    }
+    return problems;
+  }
+
+  /** Remove temp dirs and files whose owning process is gone. */
+  private sweep(): void {
+    for (const dir of ['layers', 'blobs/sha256', 'images', 'refs']) {
+      const path = join(this.root, dir);
+      for (const name of readdirSync(path)) {
+        if (name.startsWith(TEMP_PREFIX)) {
+          if (!tempOwnerAlive(name)) removeTree(join(path, name));
+          continue;
+        }
+        // writeFileAtomic's temps: .<name>.<pid>.<ms>.tmp
+        const atomic = /^\..+\.(\d+)\.\d+\.tmp$/.exec(name);
+        if (atomic && !pidRunning(Number(atomic[1]))) rmSync(join(path, name), { force: true });
+      }
+    }
+  }
+}
+
+function pidRunning(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+function isFile(path: string): boolean {
+  try {
+    return statSync(path).isFile();
+  } catch {
+    return false;
+  }
+}
+
+function isDirectory(path: string): boolean {
+  try {
+    return lstatSync(path).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+/** Bytes a tree occupies on disk, each hard-linked inode counted once. */
+export function diskUsage(path: string, seen = new Set<number>()): number {
+  let stat;
+  try {
+    stat = lstatSync(path);
+  } catch {
+    return 0;
+  }
+  let total = 0;
+  if (!seen.has(stat.ino)) {
+    seen.add(stat.ino);
+    total += stat.blocks * 512;
+  }
+  if (stat.isDirectory()) {
+    let names: string[] = [];
+    try {
+      names = readdirSync(path);
+    } catch {
+      return total;
+    }
+    for (const name of names) total += diskUsage(join(path, name), seen);
+  }
+  return total;
+}
