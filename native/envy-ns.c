@@ -1140,7 +1140,7 @@ static void setup_filesystem(void) {
       struct dirent *e;
       while (d && (e = readdir(d))) entries++;
       if (d) closedir(d);
-      if (entries == 2 && chown(path, cfg.uid, cfg.gid) < 0) warn("chown %s: %s", cfg.mkhome, strerror(errno));
+      if (entries == 2 && chown(path, cfg.keep_uid, cfg.keep_gid) < 0) warn("chown %s: %s", cfg.mkhome, strerror(errno));
     }
     close(home);
   }

@@ -38,6 +38,12 @@ export interface EnvironmentConfig {
   rootfs: RootfsSpec;
   mounts: MountRequest[];
   network: 'host' | 'none' | 'private';
+  /**
+   * Who the invoking host user appears as inside (keep-id): files they create in bind mounts
+   * stay theirs on the host. Fixed when the environment starts; default: the host user's
+   * uid/gid/name with a home under /home.
+   */
+  user?: Identity;
   resources: { memory?: number; pids?: number; cpus?: number };
 }
 

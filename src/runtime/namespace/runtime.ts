@@ -1,0 +1,157 @@
+/**
+ * The rootless namespace runtime: every namespace operation is done by dist/envy-ns (see
+ * native/envy-ns.c and docs/runtime.md); this class turns the typed Runtime calls into its
+ * argv, keeps the pid file of long-lived environments and reports setup failures as EnvyErrors.
+ */
+import type { StdioOptions } from 'node:child_process';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { EnvyError } from '../../errors.js';
+import { acquireLock } from '../../state/lock.js';
+import { environmentPaths } from '../../state/environments.js';
+import type { EnvironmentConfig, Identity, ProcessSpec, Runtime, RuntimeStatus } from '../types.js';
+import { environmentArgs, processArgs } from './args.js';
+import { spawnHelper, workloadExitCode, type HelperRun } from './helper.js';
+import { hostIdentity } from './identity.js';
+import { detectCgroupDelegation, limitsWarning, prepareCgroup, rlimitArgs } from './limits.js';
+import { forgetInit, isInitAlive, pidFile, readInitRecord, runningInit, type InitRecord } from './state.js';
+
+export interface NamespaceRuntimeOptions {
+  /** stdio of the workload (default: inherited, for interactive use and unbuffered streaming). */
+  stdio?: StdioOptions;
+  /** Called with each spawned helper, e.g. to read piped output. */
+  onSpawn?: (run: HelperRun) => void;
+  /** Where warnings go (default: stderr). */
+  warn?: (line: string) => void;
+}
+
+const STOP_POLL_MS = 10;
+const KILL_WAIT_MS = 5000;
+
+export class NamespaceRuntime implements Runtime {
+  readonly backend = 'namespace' as const;
+  private readonly options: NamespaceRuntimeOptions;
+
+  constructor(options: NamespaceRuntimeOptions = {}) {
+    this.options = options;
+  }
+
+  async start(config: EnvironmentConfig): Promise<RuntimeStatus> {
+    const running = runningInit(config.id);
+    if (running) return this.runningStatus(running);
+    mkdirSync(environmentPaths(config.id).run, { recursive: true });
+    // Not the environment's own lock: the CLI may hold that around `up` while calling start().
+    const lock = await acquireLock(`${environmentPaths(config.id).run}/start.lock`, { purpose: `start ${config.id}`, timeoutMs: 60_000 });
+    try {
+      const again = runningInit(config.id);
+      if (again) return this.runningStatus(again);
+      forgetInit(config.id);
+      const args = ['run', ...this.environmentArgs(config), '--detach', '--pidfile', pidFile(config.id)];
+      const run = spawnHelper(args, ['ignore', 'ignore', 'inherit']);
+      const result = await run.done;
+      workloadExitCode(result, `cannot start environment ${config.id}`);
+      if (result.code !== 0) throw new EnvyError('RUNTIME', `cannot start environment ${config.id}: the helper exited with ${result.code}`);
+      const record = readInitRecord(config.id);
+      if (!record || !isInitAlive(record)) {
+        throw new EnvyError('RUNTIME', `environment ${config.id} stopped right after it started`, { hint: 'run it in the foreground (envy shell) to see why' });
+      }
+      return this.runningStatus(record);
+    } finally {
+      lock.release();
+    }
+  }
+
+  async exec(config: EnvironmentConfig, spec: ProcessSpec): Promise<number> {
+    const init = runningInit(config.id);
+    if (!init) {
+      throw new EnvyError('RUNTIME', `environment ${config.id} is not running`, { hint: 'start it with `envy up`' });
+    }
+    const user = this.user(config, spec);
+    const args = ['exec', '--target', `${init.pid}:${init.startTime}`, ...rlimitArgs(config), ...processArgs(spec, user)];
+    return this.runHelper(args, `cannot run ${spec.argv[0]} in environment ${config.id}`);
+  }
+
+  async runOnce(config: EnvironmentConfig, spec: ProcessSpec): Promise<number> {
+    const user = this.user(config, spec);
+    const args = ['run', ...this.environmentArgs(config, user), ...rlimitArgs(config), ...processArgs(spec, user)];
+    return this.runHelper(args, `cannot run ${spec.argv[0]} in a fresh environment ${config.id}`);
+  }
+
+  async stop(config: EnvironmentConfig, graceMs: number): Promise<void> {
+    const init = runningInit(config.id);
+    if (init) {
+      // init forwards SIGTERM to every process of the environment and exits when they are gone;
+      // whatever ignores it dies with init: the kernel kills a pid namespace whose init exits.
+      signal(init.pid, 'SIGTERM');
+      if (!(await waitForExit(init, graceMs))) {
+        signal(init.pid, 'SIGKILL');
+        if (!(await waitForExit(init, KILL_WAIT_MS))) {
+          throw new EnvyError('RUNTIME', `environment ${config.id} (init pid ${init.pid}) did not die after SIGKILL`);
+        }
+      }
+    }
+    forgetInit(config.id);
+  }
+
+  async status(config: EnvironmentConfig): Promise<RuntimeStatus> {
+    const init = runningInit(config.id);
+    return init ? this.runningStatus(init) : { state: 'stopped' };
+  }
+
+  private user(config: EnvironmentConfig, spec?: ProcessSpec): Identity {
+    return config.user ?? (spec && !spec.root ? spec.identity : undefined) ?? hostIdentity();
+  }
+
+  private environmentArgs(config: EnvironmentConfig, user: Identity = this.user(config)): string[] {
+    const support = detectCgroupDelegation();
+    const warning = limitsWarning(config, support);
+    if (warning) (this.options.warn ?? ((line) => process.stderr.write(line)))(warning);
+    if (config.network === 'private') {
+      const line = 'envy: warning: network: private gets only a loopback interface here (no slirp4netns: /dev/net/tun is not usable)\n';
+      (this.options.warn ?? ((l) => process.stderr.write(l)))(line);
+    }
+    const cgroup = prepareCgroup(config, support);
+    return [...environmentArgs(config, user), ...(cgroup ? ['--cgroup', cgroup] : [])];
+  }
+
+  private async runHelper(args: string[], what: string): Promise<number> {
+    const run = spawnHelper(args, this.options.stdio ?? 'inherit');
+    this.options.onSpawn?.(run);
+    return workloadExitCode(await run.done, what);
+  }
+
+  private runningStatus(init: InitRecord): RuntimeStatus {
+    const bootSeconds = bootTime();
+    const ticks = Number(init.startTime);
+    const startedAt = bootSeconds !== undefined && Number.isFinite(ticks) ? new Date((bootSeconds + ticks / CLOCK_TICKS) * 1000).toISOString() : undefined;
+    return { state: 'running', pid: init.pid, startedAt };
+  }
+}
+
+// USER_HZ is 100 on every Linux architecture envy supports.
+const CLOCK_TICKS = 100;
+
+function bootTime(): number | undefined {
+  try {
+    const line = readFileSync('/proc/stat', 'utf8').split('\n').find((l) => l.startsWith('btime '));
+    return line ? Number(line.slice(6)) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function signal(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ESRCH') throw error;
+  }
+}
+
+async function waitForExit(init: InitRecord, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (isInitAlive(init)) {
+    if (Date.now() >= deadline) return false;
+    await new Promise((resolve) => setTimeout(resolve, STOP_POLL_MS));
+  }
+  return true;
+}
