@@ -3,7 +3,7 @@
  * A Step's key = sha256(parent key, kind, normalized inputs, input file contents),
  * so the same env.yaml and files give the same keys on any machine.
  */
-import type { BaseSource } from '../config/types.js';
+import type { Arch, BaseSource } from '../config/types.js';
 
 export type StepKind = 'base' | 'packages' | 'files' | 'run' | 'env' | 'user';
 
@@ -19,9 +19,16 @@ interface StepCommon {
 export interface BaseStep extends StepCommon {
   kind: 'base';
   source: BaseSource;
+  /** Architecture the image is built for (the VM's, else the host's): a base's bytes differ per architecture. */
+  arch: Arch;
   /** Resolved digest from env.lock, when known (pins the base). */
   digest?: string;
+  /** For `oci` bases: what the path holds, so the Dockerfile can name the matching podman transport. */
+  ociFormat?: OciFormat;
 }
+
+/** An OCI image layout directory, or a tarball in docker-archive or oci-archive form. */
+export type OciFormat = 'oci-layout' | 'docker-archive' | 'oci-archive';
 
 export interface PackagesStep extends StepCommon {
   kind: 'packages';
@@ -33,7 +40,13 @@ export interface PackagesStep extends StepCommon {
 
 export interface FilesStep extends StepCommon {
   kind: 'files';
-  /** Each copy with the sha256 of its content (a directory hashes its whole tree). */
+  /**
+   * Each copy with the sha256 of its content (a directory hashes its whole tree).
+   * Without `mode`, a copied file gets 0755 when its owner may execute it and 0644
+   * otherwise (directories 0755), as git records modes: checkouts under different
+   * umasks then key alike and build alike. Symlinks inside a directory are copied
+   * as links, never followed.
+   */
   copies: { src: string; dest: string; mode?: string; digest: string }[];
 }
 
@@ -43,6 +56,10 @@ export interface RunStep extends StepCommon {
   run: string;
   shell: string[];
   user: 'root' | 'user';
+  /** Working directory of the command (the env's workdir). */
+  workdir: string;
+  /** Where the project is visible while the command runs (the workspace path). */
+  projectPath: string;
   /** Matched input files (relative, sorted) with their content digests. */
   inputs: { path: string; digest: string }[];
   /** Environment visible to the command (accumulated env steps). */
@@ -76,3 +93,25 @@ export interface BuildPlan {
   workdir: string;
   env: Record<string, string>;
 }
+
+/**
+ * env.lock: what env.yaml resolved to, so a build elsewhere or later gets the
+ * same bytes. Format and rules: docs/lockfile.md.
+ */
+export interface EnvLock {
+  lockfileVersion: 1;
+  /** sha256 over the build-relevant env.yaml fields (not its bytes): comment and layout edits keep it. */
+  specDigest: string;
+  /** The same, per section, so --frozen can say which part of env.yaml moved. */
+  sections: Record<LockSection, string>;
+  base: LockedBase;
+  /** Per manager: each package as written in env.yaml -> resolved version, or null until a build resolves it. */
+  packages: Record<'apt' | 'npm' | 'pip', Record<string, string | null>>;
+}
+
+export type LockSection = 'files' | 'env' | 'setup' | 'user' | 'workdir';
+
+export type LockedBase = BaseSource & {
+  /** The resolved content digest (sha256:...) of the base image, once known. */
+  digest?: string;
+};
