@@ -65,7 +65,7 @@ describe('oci: import', () => {
     expect(result.image.layers.map((l) => l.diffId)).toEqual(gzipFixture.diffIds);
     expect(result.image.config.cmd).toEqual(['/bin/sh']);
     expect(readFileSync(join(fresh.layerRoot(gzipFixture.diffIds[1]!), 'etc/os-release'), 'utf8')).toContain('envy test');
-    await expect(importOci(archive, fresh, { tag: 'envy/other:v2' })).rejects.toThrow(/has no image tagged "envy\/other:v2" \(it has: envy\/test:v1\)/);
+    await expect(importOci(archive, fresh, { tag: 'envy/other:v2' })).rejects.toThrow(/has no image tagged "envy\/other:v2" \(it has: docker\.io\/envy\/test:v1\)/);
     expect(fresh.verify()).toEqual([]);
   });
 });
