@@ -2,7 +2,7 @@
 // Bundling matters for start-up: one file parses faster than hundreds of
 // node_modules lookups, and ink/React sit in a lazily loaded chunk.
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { bundleOptions } from './bundle-config.mjs';
@@ -20,14 +20,16 @@ try {
   process.exit(1);
 }
 
-rmSync(dist, { recursive: true, force: true });
-mkdirSync(dist, { recursive: true });
+// Build beside dist/ and swap it in whole: tests and other shells may be running the CLI meanwhile.
+const staging = join(root, `.dist-${process.pid}`);
+rmSync(staging, { recursive: true, force: true });
+mkdirSync(staging, { recursive: true });
 
 const { version } = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
 await esbuild.build(
   bundleOptions(root, {
     entryPoints: { main: join(root, 'src/cli/main.ts') },
-    outdir: dist,
+    outdir: staging,
     define: { ENVY_VERSION: JSON.stringify(version) },
   }),
 );
@@ -36,10 +38,20 @@ const helperSource = join(root, 'native/envy-ns.c');
 if (existsSync(helperSource)) {
   const cc = process.env.CC ?? 'cc';
   try {
-    execFileSync(cc, ['-O2', '-Wall', '-Wextra', '-Werror', '-std=gnu11', '-o', join(dist, 'envy-ns'), helperSource], { stdio: 'inherit' });
+    execFileSync(cc, ['-O2', '-Wall', '-Wextra', '-Werror', '-std=gnu11', '-o', join(staging, 'envy-ns'), helperSource], { stdio: 'inherit' });
   } catch (error) {
     console.error(`envy build: could not compile native/envy-ns.c with ${cc} (${error.message.split('\n')[0]}); ` +
       'install a C compiler (Debian/Ubuntu: sudo apt-get install -y gcc libc6-dev) and run `npm run build`');
+    rmSync(staging, { recursive: true, force: true });
     process.exit(1);
   }
 }
+
+const old = join(root, `.dist-old-${process.pid}`);
+try {
+  renameSync(dist, old);
+} catch (error) {
+  if (error.code !== 'ENOENT') throw error;
+}
+renameSync(staging, dist);
+rmSync(old, { recursive: true, force: true });

@@ -46,6 +46,18 @@ export async function runCli(argv: string[], version: string): Promise<number> {
       async (args) => setExit(await (await import('./init.js')).run(args)),
     )
     .command(
+      'plan',
+      'Show the build plan compiled from env.yaml',
+      (y) =>
+        y
+          // No defaults: yargs counts a defaulted option as given when checking conflicts.
+          .option('dockerfile', { type: 'boolean', describe: 'Render the plan as an equivalent Dockerfile' })
+          .option('json', { type: 'boolean', describe: 'Print the plan as JSON (for tools)' })
+          .option('frozen', { type: 'boolean', default: false, describe: 'Fail if env.lock disagrees with env.yaml' })
+          .conflicts('dockerfile', 'json'),
+      async (args) => setExit(await (await import('./plan.js')).run(args)),
+    )
+    .command(
       'doctor',
       'Check that this host can run envy and say how to fix what is missing',
       (y) => y.option('json', { type: 'boolean', default: false, describe: 'Machine-readable output' }),

@@ -51,7 +51,7 @@ test('GNU tar reads the output: sorted entries, hard link as a link, opaque mark
   const out = join(work, 'layer.tar');
   const sink = createWriteStream(out);
   const result = await snapshotDirectory(a, { sourceDateEpoch: 86400, opaqueDirs: new Set(['etc/app']), sink });
-  await new Promise((resolve) => (sink.closed ? resolve(undefined) : sink.once('close', resolve)));
+  await new Promise<void>((resolve) => (sink.closed ? resolve() : sink.once('close', () => resolve())));
   const listing = execFileSync('tar', ['-tvf', out], { encoding: 'utf8' }).trim().split('\n');
   const names = execFileSync('tar', ['-tf', out], { encoding: 'utf8' }).trim().split('\n');
   expect(names).toEqual(['big', 'etc/', 'etc/app/', 'etc/app/.wh..wh..opq', 'etc/app/config', 'usr/', 'usr/bin/', 'usr/bin/t', 'usr/bin/tool', 'usr/bin/tool-alias']);
