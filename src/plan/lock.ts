@@ -257,8 +257,12 @@ class LockReader {
   ) {}
 
   private fail(path: Path, message: string): never {
-    const node = path.length === 0 ? this.doc.contents : this.doc.getIn(path, true);
-    const range = (node as { range?: [number, number, number] } | null)?.range;
+    // A missing field is reported where its parent mapping is.
+    let range: [number, number, number] | undefined;
+    for (let depth = path.length; depth >= 0 && range === undefined; depth--) {
+      const node = depth === 0 ? this.doc.contents : this.doc.getIn(path.slice(0, depth), true);
+      range = (node as { range?: [number, number, number] } | null | undefined)?.range;
+    }
     const field = path.join('.');
     throw invalid(`${range ? this.where(range[0]) : this.label}: ${field === '' ? '' : `${field}: `}${message}`);
   }
