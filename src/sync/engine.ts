@@ -69,6 +69,8 @@ export interface SyncEngineOptions {
   pollIntervalMs?: number;
   /** Clock for conflict names (tests). */
   now?: () => Date;
+  /** false: one full sync and no watching (a one-shot copy; flush() rescans). Default true. */
+  watch?: boolean;
 }
 
 export interface SyncEngineEvents {
@@ -153,6 +155,7 @@ export class SyncEngine extends EventEmitter<SyncEngineEvents> {
   private sourceWatcher: WatchHandle | null = null;
   private targetWatcher: WatchHandle | null = null;
   private state: SyncState = 'stopped';
+  private running = false;
   private readonly conflicts: ConflictRecord[] = [];
   private lastError: string | null = null;
   private appliedCount = 0;
@@ -202,6 +205,12 @@ export class SyncEngine extends EventEmitter<SyncEngineEvents> {
       onWarning: (message: string) => this.emit('warning', message),
       onError: (error: Error) => this.recordError(error),
     };
+    this.running = true;
+    if (this.options.watch === false) {
+      this.pending.set('', { deep: true });
+      await this.drain();
+      return;
+    }
     this.sourceWatcher = await this.source.watch({
       ...watchOptions,
       ignored: (path, isDir) => this.watchIgnores(path, isDir),
@@ -225,6 +234,7 @@ export class SyncEngine extends EventEmitter<SyncEngineEvents> {
     this.timer = null;
     await Promise.all(this.watchers.splice(0).map((w) => w.close()));
     await this.draining;
+    this.running = false;
     if (this.saveTimer) clearTimeout(this.saveTimer);
     this.saveTimer = null;
     this.persist();
@@ -297,7 +307,7 @@ export class SyncEngine extends EventEmitter<SyncEngineEvents> {
       }
     })().finally(() => {
       this.draining = null;
-      if (this.watchers.length > 0) this.setState(this.pending.size > 0 ? 'syncing' : 'in-sync');
+      if (this.running) this.setState(this.pending.size > 0 ? 'syncing' : 'in-sync');
       if (this.pending.size > 0) void this.drain();
     });
     return this.draining;

@@ -157,13 +157,18 @@ export class LocalTransport implements SyncTransport {
 
   async openRead(path: string): Promise<Readable> {
     const handle = await open(await this.resolve(path), READ_FLAGS);
-    return handle.createReadStream({ highWaterMark: 1 << 16 });
+    return handle.createReadStream({ highWaterMark: 1 << 19 });
   }
+
+  private tempCounter = 0;
 
   private tempPathFor(abs: string): string {
     const slash = abs.lastIndexOf('/');
-    return `${abs.slice(0, slash)}/${SYNC_TEMP_PREFIX}${randomBytes(6).toString('hex')}`;
+    // Unique per process and call; O_EXCL catches a stale file left by a crashed run with the same pid.
+    return `${abs.slice(0, slash)}/${SYNC_TEMP_PREFIX}${this.tempTag}.${++this.tempCounter}`;
   }
+
+  private readonly tempTag = `${process.pid}.${randomBytes(3).toString('hex')}`;
 
   async writeFile(path: string, data: Buffer | Readable, options: WriteOptions): Promise<EntryInfo> {
     const abs = await this.resolve(path);
@@ -182,11 +187,14 @@ export class LocalTransport implements SyncTransport {
       } else {
         for await (const chunk of data) await handle.write(chunk as Buffer);
       }
-      // The umask narrowed the mode given to open(); set exactly what the source has.
-      await handle.chmod(options.mode);
       // Seconds as a number keep sub-millisecond precision, which a Date would drop.
       await handle.utimes(options.mtimeMs / 1000, options.mtimeMs / 1000);
       info = infoFromStats(await handle.stat());
+      // The umask may have narrowed the mode given to open(); set exactly what the source has.
+      if (info.mode !== (options.mode & 0o7777)) {
+        await handle.chmod(options.mode & 0o7777);
+        info.mode = options.mode & 0o7777;
+      }
     } catch (error) {
       await handle.close();
       await unlink(temp).catch(() => undefined);

@@ -103,6 +103,7 @@ describe('a 10,000-file tree', () => {
     await waitFor(
       () => readOrNull(join(pair.env, 'pkg99/src/file99.ts')) === 'changed' && readOrNull(join(pair.env, 'pkg0/new.ts')) === 'new',
       'changes in the big tree',
+      60_000,
     );
     expect(pair.errors).toEqual([]);
   });
