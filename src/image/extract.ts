@@ -64,6 +64,8 @@ export interface ExtractResult {
   tarSize: number;
   compression: Compression;
   entries: number;
+  /** Whether the tar's owners and setuid bits were applied (else they are recorded below). */
+  chowned: boolean;
   /** Device nodes left out (mknod is refused rootlessly). */
   skippedDevices: number;
   /** Paths hidden from lower layers (relative to the layer root). */
@@ -240,7 +242,7 @@ class LayerWriter {
     private readonly options: ExtractOptions,
     compression: Compression,
   ) {
-    this.result = { compression, entries: 0, skippedDevices: 0, owners: {}, strippedModes: {} };
+    this.result = { compression, chowned: options.chown ?? false, entries: 0, skippedDevices: 0, owners: {}, strippedModes: {} };
   }
 
   async write(stream: Readable): Promise<ExtractResult> {

@@ -269,7 +269,7 @@ export class LayerStore {
           skippedDevices: result.skippedDevices,
           whiteouts: result.whiteouts,
           opaqueDirs: result.opaqueDirs,
-          chowned: options.chown ?? false,
+          chowned: result.chowned,
           owners: result.owners,
           strippedModes: result.strippedModes,
         };
