@@ -27,7 +27,7 @@ export function renderDockerfile(plan: BuildPlan, spec: EnvSpec): string {
     '# Build it from the project directory: podman build --format docker -f Dockerfile .',
   ];
   if (spec.setup.length > 0) {
-    out.push(`# Setup steps see the project at ${spec.workspace.path} as they do under envy; what they write there is not kept in the image.`);
+    out.push(`# Setup steps see the project read-only at ${spec.workspace.path}, as they do under envy.`);
   }
   let shell = DEFAULT_SHELL;
   let user = 'root';
@@ -210,7 +210,8 @@ function runLine(step: RunStep, shell: string[]): string {
   if (/[,\s]/.test(step.projectPath)) {
     throw new EnvyError('USAGE', `workspace.path: "${step.projectPath}" cannot be a bind-mount target in a Dockerfile (it has a comma or space)`);
   }
-  const mount = `--mount=type=bind,source=.,target=${dockerWord(step.projectPath, 'workspace.path')},rw`;
+  // Read-only, as envy's builder binds it: a setup step cannot write into the project.
+  const mount = `--mount=type=bind,source=.,target=${dockerWord(step.projectPath, 'workspace.path')}`;
   const command = step.run.replace(/\n+$/, '');
   const shellFormSafe = !/[\r\n]/.test(command) && !/^\s*[[-]/.test(command) && !command.includes('<<') && !/\\\s*$/.test(command) && command.trim() !== '';
   if (shellFormSafe) return `RUN ${mount} ${command.trim()}`;

@@ -154,9 +154,9 @@ describe('quoting rules', () => {
 
   test('commands the shell form would misread use the exec form with the full shell', () => {
     const text = render(makeSpec({ setup: [setup('-x is an odd start'), setup('trailing \\'), setup('  padded  ')], user }));
-    expect(text).toContain('RUN --mount=type=bind,source=.,target=/workspace,rw ["/bin/sh","-c","-x is an odd start"]');
-    expect(text).toContain('RUN --mount=type=bind,source=.,target=/workspace,rw ["/bin/sh","-c","trailing \\\\"]');
-    expect(text).toContain('RUN --mount=type=bind,source=.,target=/workspace,rw padded\n');
+    expect(text).toContain('RUN --mount=type=bind,source=.,target=/workspace ["/bin/sh","-c","-x is an odd start"]');
+    expect(text).toContain('RUN --mount=type=bind,source=.,target=/workspace ["/bin/sh","-c","trailing \\\\"]');
+    expect(text).toContain('RUN --mount=type=bind,source=.,target=/workspace padded\n');
   });
 
   test('package requests with shell characters are quoted', () => {

@@ -1,5 +1,6 @@
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { describe, expect, test } from 'vitest';
 import { loadSpec } from '../../../src/config/load.js';
 import { checkFrozen, lockFromSpec, parseLock, readLock, refreshLock, renderLock, writeLock } from '../../../src/plan/lock.js';
@@ -70,6 +71,15 @@ describe('reading and writing', () => {
       ].join('\n'),
     );
     expect(renderLock(parseLock(text, 'env.lock'))).toBe(text);
+  });
+
+  test('the example in docs/lockfile.md is a valid lock in the written format', () => {
+    const doc = readFileSync(join(dirname(fileURLToPath(import.meta.url)), '../../../docs/lockfile.md'), 'utf8');
+    const example = /## Example\n\n```yaml\n([\s\S]*?)```/.exec(doc)?.[1];
+    expect(example).toBeDefined();
+    const lock = parseLock(example!, 'docs/lockfile.md');
+    expect(lock.packages.apt.git).toBe('1:2.39.2-1.1');
+    expect(renderLock(lock)).toBe(example);
   });
 
   test('a missing lock reads as undefined', () => {
