@@ -28,7 +28,7 @@ mkdirSync(staging, { recursive: true });
 const { version } = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
 await esbuild.build(
   bundleOptions(root, {
-    entryPoints: { main: join(root, 'src/cli/main.ts') },
+    entryPoints: { main: join(root, 'src/cli/main.ts'), 'layer-worker': join(root, 'src/build/layer-worker.ts') },
     outdir: staging,
     define: { ENVY_VERSION: JSON.stringify(version) },
   }),

@@ -58,6 +58,15 @@ export async function runCli(argv: string[], version: string): Promise<number> {
       async (args) => setExit(await (await import('./plan.js')).run(args)),
     )
     .command(
+      'build',
+      'Build the image env.yaml describes (cached steps are instant) and update env.lock',
+      (y) =>
+        y
+          .option('frozen', { type: 'boolean', default: false, describe: 'Fail if env.lock disagrees with env.yaml; never write env.lock' })
+          .option('progress', { choices: ['auto', 'tty', 'plain', 'quiet'] as const, default: 'auto' as const, describe: 'Progress display' }),
+      async (args) => setExit(await (await import('./build.js')).run(args)),
+    )
+    .command(
       'doctor',
       'Check that this host can run envy and say how to fix what is missing',
       (y) => y.option('json', { type: 'boolean', default: false, describe: 'Machine-readable output' }),

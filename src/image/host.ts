@@ -4,7 +4,7 @@
  * symlinks, empty top-level dirs and the env's own /etc (the host's passwd,
  * shadow, machine-id and the like stay out). The runtime bind-mounts /usr.
  */
-import { cpSync, existsSync, lstatSync, mkdirSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, cpSync, existsSync, lstatSync, mkdirSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { EnvyError } from '../errors.js';
 import type { MountRequest } from '../runtime/types.js';
@@ -69,7 +69,7 @@ export function createHostBaseLayer(dir: string, options: HostBaseOptions = {}):
     if (!existsSync(source) && !isSymlink(source)) continue;
     mkdirSync(join(dir, 'etc', entry, '..'), { recursive: true });
     // Symlinks are kept as links (alternatives point into /usr, which the env shares).
-    cpSync(source, join(dir, 'etc', entry), { recursive: true, verbatimSymlinks: true, dereference: false });
+    cpSync(source, join(dir, 'etc', entry), { recursive: true, verbatimSymlinks: true, dereference: false, filter: shareable });
   }
   // Accounts are the env's own: root only; the user step adds the env user.
   writeFileSync(join(dir, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n');
@@ -80,6 +80,18 @@ export function createHostBaseLayer(dir: string, options: HostBaseOptions = {}):
 /** The mounts a host-based environment needs on top of its layers. */
 export function hostBaseMounts(hostRoot = '/'): MountRequest[] {
   return [{ type: 'bind', source: join(hostRoot, 'usr'), target: '/usr', readonly: true }];
+}
+
+/** Private keys never enter an image, and what the user cannot read was not theirs to share. */
+function shareable(source: string): boolean {
+  if (/\/ssl\/private(\/|$)/.test(source)) return false;
+  if (isSymlink(source)) return true;
+  try {
+    accessSync(source, constants.R_OK);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function isSymlink(path: string): boolean {

@@ -19,6 +19,8 @@ beforeEach(() => {
   symlinkSync('usr/lib', join(host, 'lib'));
   writeFileSync(join(host, 'etc/ld.so.cache'), 'cache');
   writeFileSync(join(host, 'etc/ssl/certs/ca.pem'), 'pem');
+  mkdirSync(join(host, 'etc/ssl/private'));
+  writeFileSync(join(host, 'etc/ssl/private/server.key'), 'KEY');
   symlinkSync('/usr/bin/vim.basic', join(host, 'etc/alternatives/editor'));
   writeFileSync(join(host, 'etc/passwd'), 'root:x:0:0::/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/bash\n');
   writeFileSync(join(host, 'etc/shadow'), 'alice:$6$secret:::\n');
@@ -41,6 +43,7 @@ test("never copies the host's accounts, secrets or identity", () => {
   expect(readFileSync(join(layer, 'etc/passwd'), 'utf8')).not.toContain('alice');
   expect(readFileSync(join(layer, 'etc/shadow'), 'utf8')).not.toContain('secret');
   expect(existsSync(join(layer, 'etc/machine-id'))).toBe(false);
+  expect(existsSync(join(layer, 'etc/ssl/private'))).toBe(false);
 });
 
 test('refuses a host without merged /usr', () => {

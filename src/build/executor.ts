@@ -1,0 +1,404 @@
+/**
+ * Executes a BuildPlan against the layer store. A step whose key names an image
+ * in the store is a cache hit and costs nothing. A miss runs in the namespace
+ * runtime as root on an overlay of its parent's layers; its upper dir then
+ * becomes the step's layer (content-addressed by the diff_id of its
+ * deterministic tar). Every step's output goes to a log file and to the
+ * reporter; a failure names the step, its command, the last lines, the exit
+ * code and the log.
+ */
+import { createWriteStream, mkdirSync, rmSync, type WriteStream } from 'node:fs';
+import { join } from 'node:path';
+import type { EnvSpec } from '../config/types.js';
+import { EnvyError } from '../errors.js';
+import { bootstrapDebian } from '../image/debian.js';
+import { createHostBaseLayer } from '../image/host.js';
+import { importOci } from '../image/oci-import.js';
+import { pullImage } from '../image/registry.js';
+import type { ImageConfig, ImageLayer, ImageRecord, LayerStore } from '../image/store.js';
+import { tempName } from '../image/temp.js';
+import type { ExtractResult } from '../image/extract.js';
+import type { Reporter } from '../cli/ui/events.js';
+import { packageName, pinnedRequest } from '../plan/packages.js';
+import type { BaseStep, BuildPlan, FilesStep, PackagesStep, RunStep, Step, UserStep } from '../plan/types.js';
+import { NamespaceRuntime } from '../runtime/namespace/runtime.js';
+import type { EnvironmentConfig, Identity, MountRequest, ProcessSpec } from '../runtime/types.js';
+import { cacheDir } from '../state/paths.js';
+import { ownByRootInUserNamespace, removeInUserNamespace, snapshotInUserNamespace, unpackInUserNamespace } from './userns.js';
+
+export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+/** Image label marking a host base: the runtime binds the host's /usr over it. */
+export const HOST_BASE_LABEL = 'dev.envy.base.host';
+const FAILURE_TAIL_LINES = 30;
+const VERSION_MARKER = 'envy-resolved\t';
+
+export interface BuildOptions {
+  store: LayerStore;
+  plan: BuildPlan;
+  spec: EnvSpec;
+  projectDir: string;
+  reporter: Reporter;
+  /** The env user: its uid/gid is the keep-id of the map, the same one the environment runs with. */
+  identity: Identity;
+  /** Per-step logs go here. */
+  logDir: string;
+  signal?: AbortSignal;
+}
+
+export interface ResolvedVersions {
+  baseDigest?: string;
+  packages: Record<'apt' | 'npm' | 'pip', Record<string, string>>;
+}
+
+export interface BuildResult {
+  image: ImageRecord;
+  resolved: ResolvedVersions;
+  /** Steps that ran (cache misses), by key. */
+  built: string[];
+}
+
+/** The SOURCE_DATE_EPOCH of a pinned base (its snapshot time), so pinned builds give identical layers. */
+export function sourceDateEpoch(step: BaseStep): number | undefined {
+  if (step.source.kind !== 'debian' || !step.source.snapshot) return undefined;
+  const m = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/.exec(step.source.snapshot);
+  return m ? Date.UTC(+m[1]!, +m[2]! - 1, +m[3]!, +m[4]!, +m[5]!, +m[6]!) / 1000 : undefined;
+}
+
+function shellQuote(value: string): string {
+  return `'${value.replace(/'/g, `'\\''`)}'`;
+}
+
+class StepLog {
+  private readonly stream: WriteStream;
+  readonly tail: string[] = [];
+
+  constructor(
+    readonly path: string,
+    private readonly onLine: (line: string) => void,
+  ) {
+    this.stream = createWriteStream(path);
+  }
+
+  line(text: string): void {
+    this.stream.write(`${text}\n`);
+    this.tail.push(text);
+    if (this.tail.length > FAILURE_TAIL_LINES) this.tail.shift();
+    this.onLine(text);
+  }
+
+  pipe(readable: NodeJS.ReadableStream | null | undefined): Promise<void> {
+    if (!readable) return Promise.resolve();
+    return new Promise((resolve) => {
+      let pending = '';
+      readable.on('data', (chunk: Buffer) => {
+        pending += chunk.toString();
+        const lines = pending.split(/\r?\n|\r/);
+        pending = lines.pop() ?? '';
+        for (const l of lines) this.line(l);
+      });
+      readable.on('end', () => {
+        if (pending) this.line(pending);
+        resolve();
+      });
+    });
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => this.stream.end(resolve));
+  }
+}
+
+export class Executor {
+  private readonly resolved: ResolvedVersions = { packages: { apt: {}, npm: {}, pip: {} } };
+  private epoch: number | undefined;
+
+  constructor(private readonly options: BuildOptions) {}
+
+  async run(): Promise<BuildResult> {
+    const { plan, store, reporter } = this.options;
+    mkdirSync(this.options.logDir, { recursive: true });
+    reporter.report({ type: 'plan', steps: plan.steps.map((s) => ({ key: s.key, label: s.label, kind: s.kind })) });
+    const built: string[] = [];
+    let parent: ImageRecord | undefined;
+    for (const [index, step] of plan.steps.entries()) {
+      this.options.signal?.throwIfAborted();
+      if (step.kind === 'base') this.epoch = sourceDateEpoch(step);
+      if (store.hasImage(step.key)) {
+        parent = store.readImage(step.key);
+        if (step.kind === 'base') this.resolved.baseDigest = parent.manifestDigest;
+        reporter.report({ type: 'step-cached', key: step.key });
+        continue;
+      }
+      const started = Date.now();
+      reporter.report({ type: 'step-start', key: step.key });
+      const log = new StepLog(join(this.options.logDir, `${String(index + 1).padStart(2, '0')}-${step.kind}-${step.key.slice(0, 12)}.log`), (line) =>
+        reporter.report({ type: 'step-output', key: step.key, line }),
+      );
+      try {
+        const image = await this.execute(step, parent, log);
+        await store.writeImage(image);
+        parent = image;
+        built.push(step.key);
+        reporter.report({ type: 'step-done', key: step.key, ms: Date.now() - started });
+      } catch (error) {
+        const message = error instanceof EnvyError ? error.message : String(error);
+        reporter.report({ type: 'step-failed', key: step.key, ms: Date.now() - started, message });
+        throw error;
+      } finally {
+        await log.close();
+      }
+    }
+    if (!parent) throw new EnvyError('INTERNAL', `plan ${plan.name} has no steps`);
+    return { image: parent, resolved: this.resolved, built };
+  }
+
+  private async execute(step: Step, parent: ImageRecord | undefined, log: StepLog): Promise<ImageRecord> {
+    if (step.kind === 'base') return this.base(step, log);
+    if (!parent) throw new EnvyError('INTERNAL', `step ${step.label} has no parent image`);
+    switch (step.kind) {
+      case 'env':
+        return this.derive(step, parent, [], { env: mergeEnv(parent.config.env, step.env) });
+      case 'packages':
+        return this.runStep(step, parent, log, { argv: ['/bin/sh', '-c', this.packagesScript(step)], root: true });
+      case 'files':
+        return this.runStep(step, parent, log, { argv: ['/bin/sh', '-c', filesScript(step)], root: true, extraMounts: [{ type: 'bind', source: this.options.projectDir, target: '/.envy-src', readonly: true }] });
+      case 'user':
+        return this.runStep(step, parent, log, { argv: ['/bin/sh', '-c', userScript(step)], root: true });
+      case 'run':
+        return this.runStep(step, parent, log, {
+          argv: [...step.shell, step.run],
+          root: step.user === 'root',
+          cwd: step.workdir,
+          env: step.env,
+          extraMounts: [{ type: 'bind', source: this.options.projectDir, target: step.projectPath, readonly: true }],
+        });
+    }
+  }
+
+  private derive(step: Step, parent: ImageRecord, layers: ImageLayer[], config: Partial<ImageConfig>): ImageRecord {
+    return {
+      key: step.key,
+      source: `build ${this.options.plan.name}: ${step.label}`,
+      layers: [...parent.layers, ...layers],
+      config: { ...parent.config, ...config },
+      ...(parent.platform ? { platform: parent.platform } : {}),
+      createdAt: new Date().toISOString(),
+    };
+  }
+
+  private async base(step: BaseStep, log: StepLog): Promise<ImageRecord> {
+    const { store, reporter, identity } = this.options;
+    const unpack = (source: string | NodeJS.ReadableStream, dest: string, o: { label: string }): Promise<ExtractResult> => {
+      if (typeof source !== 'string') throw new EnvyError('INTERNAL', 'layers are unpacked from files here');
+      return unpackInUserNamespace(identity, source, dest, o.label);
+    };
+    const record = (layers: ImageLayer[], config: ImageConfig, digest: string | undefined): ImageRecord => {
+      this.resolved.baseDigest = digest;
+      return { key: step.key, source: step.label, ...(digest ? { manifestDigest: digest } : {}), layers, config, createdAt: new Date().toISOString() };
+    };
+    const source = step.source;
+    switch (source.kind) {
+      case 'debian': {
+        const tar = join(store.root, 'layers', tempName('bootstrap'));
+        try {
+          log.line(`bootstrapping Debian ${source.suite}${source.snapshot ? ` at ${source.snapshot}` : ''} with mmdebstrap`);
+          await bootstrapDebian(source, tar, { arch: step.arch === 'aarch64' ? 'arm64' : 'amd64', sourceDateEpoch: this.epoch, onLine: (l) => log.line(l), signal: this.options.signal });
+          const meta = await store.addLayer(tar, { label: step.label, createdBy: `mmdebstrap ${source.suite}`, chown: true, unpack });
+          if (step.digest && step.digest !== meta.diffId) {
+            log.line(`note: env.lock pins ${step.digest}; this bootstrap gave ${meta.diffId} (an unpinned base drifts with the mirror)`);
+          }
+          return record([{ diffId: meta.diffId }], { env: [`PATH=${DEFAULT_PATH}`] }, meta.diffId);
+        } finally {
+          rmSync(tar, { force: true });
+        }
+      }
+      case 'image': {
+        const ref = step.digest ? `${source.ref.replace(/@sha256:[0-9a-f]{64}$/, '')}@${step.digest}` : source.ref;
+        const pulled = await pullImage(ref, store, {
+          unpack,
+          chown: true,
+          onProgress: (p) => reporter.report({ type: 'download', id: p.blob, label: p.blob.slice(7, 19), done: p.done, total: p.total }),
+        });
+        return record(pulled.image.layers, pulled.image.config, pulled.manifestDigest);
+      }
+      case 'oci': {
+        const imported = await importOci(join(this.options.projectDir, source.path), store, { unpack, chown: true });
+        return record(imported.image.layers, imported.image.config, imported.digest);
+      }
+      case 'host': {
+        const dir = join(store.root, 'layers', tempName('hostbase'));
+        mkdirSync(dir);
+        try {
+          createHostBaseLayer(dir);
+          await ownByRootInUserNamespace(identity, dir);
+          const layer = await this.commitDirectory(dir, step.label, 'host base skeleton');
+          return record([layer], { env: [`PATH=${DEFAULT_PATH}`], labels: { [HOST_BASE_LABEL]: 'true' } }, undefined);
+        } finally {
+          await removeInUserNamespace(identity, [dir]).catch(() => undefined);
+        }
+      }
+    }
+  }
+
+  /** Move a finished directory into the store as a layer; its diff_id comes from the deterministic snapshot. */
+  private async commitDirectory(dir: string, label: string, createdBy: string): Promise<ImageLayer> {
+    const { store, identity } = this.options;
+    const meta = await store.addLayer(dir, {
+      label,
+      createdBy,
+      chown: true,
+      unpack: async (source, dest) => {
+        if (typeof source !== 'string') throw new EnvyError('INTERNAL', 'a step layer is a directory');
+        const snapshot = await snapshotInUserNamespace(identity, source, this.epoch, dest);
+        return {
+          diffId: snapshot.diffId,
+          tarSize: snapshot.size,
+          compression: 'none',
+          entries: snapshot.entries,
+          skippedDevices: snapshot.skippedDevices,
+          whiteouts: snapshot.whiteouts,
+          opaqueDirs: snapshot.opaqueDirs,
+          owners: {},
+          strippedModes: {},
+        } as ExtractResult;
+      },
+    });
+    return { diffId: meta.diffId };
+  }
+
+  private async runStep(
+    step: PackagesStep | FilesStep | UserStep | RunStep,
+    parent: ImageRecord,
+    log: StepLog,
+    how: { argv: string[]; root: boolean; cwd?: string; env?: Record<string, string>; extraMounts?: MountRequest[] },
+  ): Promise<ImageRecord> {
+    const { store, identity, spec } = this.options;
+    const scratch = join(store.root, 'layers', tempName('step'));
+    const upper = join(scratch, 'upper');
+    const work = join(scratch, 'work');
+    mkdirSync(upper, { recursive: true });
+    mkdirSync(work, { recursive: true });
+    try {
+      const mounts: MountRequest[] = [...(how.extraMounts ?? [])];
+      if (parent.config.labels?.[HOST_BASE_LABEL]) mounts.push({ type: 'bind', source: '/usr', target: '/usr', readonly: true });
+      if (step.kind === 'packages' && step.manager === 'apt') {
+        const archives = join(cacheDir(), 'apt-archives');
+        mkdirSync(join(archives, 'partial'), { recursive: true });
+        mounts.push({ type: 'bind', source: archives, target: '/var/cache/apt/archives' });
+      }
+      const config: EnvironmentConfig = {
+        id: `build-${step.key.slice(0, 12)}`,
+        hostname: spec.name,
+        rootfs: { layers: parent.layers.map((l) => store.layerRoot(l.diffId)).reverse(), upper, work },
+        mounts,
+        network: 'host',
+        user: identity,
+        resources: {},
+      };
+      const env: Record<string, string> = { ...envFromList(parent.config.env), ...(how.env ?? {}) };
+      env.PATH ??= DEFAULT_PATH;
+      env.HOME ??= how.root ? '/root' : identity.home;
+      if (this.epoch !== undefined) env.SOURCE_DATE_EPOCH = String(this.epoch);
+      const process: ProcessSpec = { argv: how.argv, env, cwd: how.cwd ?? '/', root: how.root, identity, tty: false };
+      const pipes: Promise<void>[] = [];
+      const runtime = new NamespaceRuntime({
+        stdio: ['ignore', 'pipe', 'pipe'],
+        onSpawn: (run) => pipes.push(log.pipe(run.child.stdout), log.pipe(run.child.stderr)),
+        warn: (line) => log.line(line.trimEnd()),
+      });
+      const code = await runtime.runOnce(config, process);
+      await Promise.all(pipes);
+      if (code !== 0) {
+        const command = step.kind === 'run' ? step.run : how.argv.join(' ');
+        throw new EnvyError('BUILD', `step "${step.label}" failed with exit code ${code}`, {
+          details: [`command: ${command}`, ...log.tail.map((l) => `| ${l}`), `log: ${log.path}`],
+          hint: step.kind === 'run' ? 'fix the command in env.yaml (setup), then run envy up again: finished steps stay cached' : `see ${log.path}`,
+        });
+      }
+      if (step.kind === 'packages') this.collectVersions(step, log.tail);
+      const layer = await this.commitDirectory(upper, step.label, step.label);
+      return this.derive(step, parent, [layer], {});
+    } finally {
+      await removeInUserNamespace(identity, [scratch]).catch(() => rmSync(scratch, { recursive: true, force: true }));
+    }
+  }
+
+  private packagesScript(step: PackagesStep): string {
+    const requests = step.packages.map((p) => shellQuote(pinnedRequest(step.manager, p, step.pinned[packageName(step.manager, p) ?? p])));
+    const names = step.packages.map((p) => shellQuote(packageName(step.manager, p) ?? p));
+    const marker = (manager: string): string => `printf '${VERSION_MARKER.replace('\t', '\\t')}${manager}\\t%s\\t%s\\n'`;
+    switch (step.manager) {
+      case 'apt':
+        return [
+          'set -e',
+          'export DEBIAN_FRONTEND=noninteractive',
+          'apt-get update -o Dpkg::Use-Pty=0',
+          `apt-get install -y --no-install-recommends -o Dpkg::Use-Pty=0 ${requests.join(' ')}`,
+          `dpkg-query -W -f '\${Package} \${Version}\\n' ${names.map((n) => n.replace(/:[a-z0-9-]+'$/, "'")).join(' ')} | while read -r name version; do ${marker('apt')} "$name" "$version"; done`,
+          // Volatile files differ on every run; they would make an otherwise identical layer differ.
+          'rm -f /var/log/dpkg.log /var/log/alternatives.log /var/cache/ldconfig/aux-cache /var/cache/apt/*.bin; rm -rf /var/log/apt',
+        ].join('\n');
+      case 'npm':
+        return [
+          'set -e',
+          `npm install -g --no-fund --no-audit --no-update-notifier ${requests.join(' ')}`,
+          `for name in ${names.join(' ')}; do version=$(npm ls -g --depth=0 --json "$name" | sed -n 's/.*"version": *"\\([^"]*\\)".*/\\1/p' | tail -n1); ${marker('npm')} "$name" "$version"; done`,
+          'rm -rf /root/.npm/_logs /root/.npm/_cacache',
+        ].join('\n');
+      case 'pip':
+        return [
+          'set -e',
+          `pip install --no-cache-dir --break-system-packages --root-user-action=ignore ${requests.join(' ')} 2>&1 || pip install --no-cache-dir ${requests.join(' ')}`,
+          `for name in ${names.join(' ')}; do version=$(pip show "\${name%%[*}" 2>/dev/null | sed -n 's/^Version: //p'); ${marker('pip')} "$name" "$version"; done`,
+        ].join('\n');
+    }
+  }
+
+  private collectVersions(step: PackagesStep, lines: string[]): void {
+    // The markers are the last lines the script prints; the tail always holds them for any sane package count.
+    for (const line of lines) {
+      if (!line.startsWith(VERSION_MARKER)) continue;
+      const [, manager, name, version] = line.split('\t');
+      if (manager === step.manager && name && version) this.resolved.packages[step.manager][name] = version;
+    }
+  }
+}
+
+export function envFromList(list: string[]): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const entry of list) {
+    const eq = entry.indexOf('=');
+    if (eq > 0) env[entry.slice(0, eq)] = entry.slice(eq + 1);
+  }
+  return env;
+}
+
+export function mergeEnv(list: string[], extra: Record<string, string>): string[] {
+  const env = { ...envFromList(list), ...extra };
+  return Object.entries(env).map(([k, v]) => `${k}=${v}`);
+}
+
+function filesScript(step: FilesStep): string {
+  const lines = ['set -e'];
+  for (const copy of step.copies) {
+    const src = shellQuote(`/.envy-src/${copy.src}`);
+    const dest = shellQuote(copy.dest);
+    lines.push(`mkdir -p "$(dirname ${dest})"`, `rm -rf ${dest}`, `cp -a ${src} ${dest}`, `chown -R 0:0 ${dest}`);
+    if (copy.mode) lines.push(`chmod ${shellQuote(copy.mode)} ${dest}`);
+  }
+  return lines.join('\n');
+}
+
+function userScript(step: UserStep): string {
+  const { name, uid, gid, home, shell } = step;
+  // Written directly, not with useradd: minimal bases (busybox, host) have no shadow-utils, and a fixed
+  // last-change day keeps /etc/shadow identical between builds.
+  return [
+    'set -e',
+    `grep -q '^${name}:' /etc/group || grep -q '^[^:]*:[^:]*:${gid}:' /etc/group || echo '${name}:x:${gid}:' >> /etc/group`,
+    `grep -q '^${name}:' /etc/passwd || echo '${name}:x:${uid}:${gid}:${name}:${home}:${shell}' >> /etc/passwd`,
+    `if [ -f /etc/shadow ] && ! grep -q '^${name}:' /etc/shadow; then echo '${name}:!:19000:0:99999:7:::' >> /etc/shadow; fi`,
+    `mkdir -p '${home}'`,
+    `chown ${uid}:${gid} '${home}'`,
+  ].join('\n');
+}

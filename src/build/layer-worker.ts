@@ -1,0 +1,68 @@
+/**
+ * Runs as root inside a user namespace (started by `envy-ns userns`), where a
+ * layer's files have the owners the image gives them and every file can be
+ * read and chowned. Two jobs, each answering with one JSON line on stdout:
+ *   snapshot DIR EPOCH [DEST]  the deterministic tar digest of DIR (a step's upper dir), then DIR moved to DEST
+ *   unpack TAR DEST LABEL  a layer tarball extracted with its owners into DEST
+ *   remove PATH...       trees with files of subordinate owners (overlay work dirs, layers)
+ *   own-by-root DIR      every entry of DIR chowned to 0:0 (layers made by the host user)
+ * Errors go to stderr as one line and exit 1.
+ */
+import { chmodSync, lchownSync, lstatSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { extractLayer } from '../image/extract.js';
+import { snapshotDirectory } from './snapshot.js';
+
+function makeRemovable(path: string): void {
+  let stats;
+  try {
+    stats = lstatSync(path);
+  } catch {
+    return;
+  }
+  if (!stats.isDirectory()) return;
+  chmodSync(path, 0o700);
+  for (const name of readdirSync(path)) makeRemovable(join(path, name));
+}
+
+async function main(argv: string[]): Promise<unknown> {
+  const [job, ...args] = argv;
+  if (job === 'snapshot' && (args.length === 2 || args.length === 3)) {
+    const epoch = args[1] === '' ? undefined : Number(args[1]);
+    const result = await snapshotDirectory(args[0]!, { sourceDateEpoch: epoch });
+    // Moving a directory to a new parent rewrites its `..`: only its owner (often the subordinate root) may.
+    if (args[2]) renameSync(args[0]!, args[2]);
+    return result;
+  }
+  if (job === 'unpack' && args.length === 3) {
+    return extractLayer(args[0]!, args[1]!, { label: args[2]!, chown: true });
+  }
+  if (job === 'remove' && args.length > 0) {
+    for (const path of args) {
+      // Overlay leaves work/work at mode 000 and layers may hold read-only dirs: open them up first.
+      makeRemovable(path);
+      rmSync(path, { recursive: true, force: true });
+    }
+    return { removed: args.length };
+  }
+  if (job === 'own-by-root' && args.length === 1) {
+    let entries = 0;
+    const walk = (path: string): void => {
+      lchownSync(path, 0, 0);
+      entries++;
+      if (lstatSync(path).isDirectory()) for (const name of readdirSync(path)) walk(join(path, name));
+    };
+    walk(args[0]!);
+    return { entries };
+  }
+  throw new Error(`usage: layer-worker snapshot DIR EPOCH [DEST] | unpack TAR DEST LABEL | remove PATH... | own-by-root DIR (got: ${argv.join(' ')})`);
+}
+
+main(process.argv.slice(2)).then(
+  (result) => process.stdout.write(`${JSON.stringify(result)}\n`),
+  (error: unknown) => {
+    const message = error instanceof Error ? error.message : String(error);
+    process.stderr.write(`${message.split('\n')[0]}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,55 @@
+/**
+ * Layer work that must happen as root inside the user namespace: reading a
+ * step's upper dir (files owned by subordinate ids, some unreadable to the
+ * host user) and unpacking tarballs with their owners. Both run the bundled
+ * layer worker under `envy-ns userns` with the same keep-id map as the runtime,
+ * so an owner means the same thing when a layer is written and when it is run.
+ */
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { EnvyError } from '../errors.js';
+import { run } from '../exec.js';
+import type { ExtractResult } from '../image/extract.js';
+import { packageRoot } from '../package-root.js';
+import { ensureHelper } from '../runtime/namespace/helper.js';
+import type { Identity } from '../runtime/types.js';
+import type { SnapshotResult } from './snapshot.js';
+
+function workerPath(): string {
+  const path = join(packageRoot(), 'dist', 'layer-worker.js');
+  if (!existsSync(path)) throw new EnvyError('INTERNAL', `${path} is missing`, { hint: 'run `npm run build` in the envy checkout' });
+  return path;
+}
+
+async function inUserNamespace<T>(identity: Pick<Identity, 'uid' | 'gid'>, args: string[], what: string): Promise<T> {
+  const helper = ensureHelper();
+  const result = await run(helper, ['userns', '--keep-id', `${identity.uid}:${identity.gid}`, '--', process.execPath, workerPath(), ...args], {
+    errorCode: 'BUILD',
+    hint: `${what} failed inside the user namespace`,
+  });
+  try {
+    return JSON.parse(String(result.stdout).trim().split('\n').pop() ?? '') as T;
+  } catch {
+    throw new EnvyError('INTERNAL', `${what}: the layer worker answered ${JSON.stringify(String(result.stdout).slice(0, 200))}`);
+  }
+}
+
+/** The diff_id of `dir`'s deterministic tar; with `moveTo`, the directory is then moved there. */
+export function snapshotInUserNamespace(identity: Pick<Identity, 'uid' | 'gid'>, dir: string, sourceDateEpoch?: number, moveTo?: string): Promise<SnapshotResult> {
+  const epoch = sourceDateEpoch === undefined ? '' : String(sourceDateEpoch);
+  return inUserNamespace(identity, ['snapshot', dir, epoch, ...(moveTo ? [moveTo] : [])], `snapshot of ${dir}`);
+}
+
+export function unpackInUserNamespace(identity: Pick<Identity, 'uid' | 'gid'>, tar: string, dest: string, label: string): Promise<ExtractResult> {
+  return inUserNamespace(identity, ['unpack', tar, dest, label], `unpacking ${label}`);
+}
+
+/** Remove trees that hold files of subordinate owners (the host user alone cannot). */
+export async function removeInUserNamespace(identity: Pick<Identity, 'uid' | 'gid'>, paths: string[]): Promise<void> {
+  if (paths.length === 0) return;
+  await inUserNamespace(identity, ['remove', ...paths], `removing ${paths.join(', ')}`);
+}
+
+export async function ownByRootInUserNamespace(identity: Pick<Identity, 'uid' | 'gid'>, dir: string): Promise<void> {
+  await inUserNamespace(identity, ['own-by-root', dir], `chowning ${dir} to root`);
+}

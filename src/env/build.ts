@@ -1,0 +1,61 @@
+/**
+ * From a loaded project to a built image and an up-to-date env.lock: the
+ * stage `envy build` and `envy up` share.
+ */
+import { join } from 'node:path';
+import { Executor, type BuildResult } from '../build/executor.js';
+import type { Project } from '../cli/project.js';
+import type { Reporter } from '../cli/ui/events.js';
+import { LayerStore } from '../image/store.js';
+import { compilePlan } from '../plan/compile.js';
+import { packageName } from '../plan/packages.js';
+import { checkFrozen, refreshLock, renderLock, writeLock } from '../plan/lock.js';
+import type { BuildPlan, EnvLock, UserStep } from '../plan/types.js';
+import type { Identity } from '../runtime/types.js';
+import { environmentId, environmentPaths } from '../state/environments.js';
+
+export interface ProjectBuild extends BuildResult {
+  plan: BuildPlan;
+  lock: EnvLock;
+  identity: Identity;
+  store: LayerStore;
+  lockChanged: boolean;
+}
+
+export function planIdentity(plan: BuildPlan): Identity {
+  const user = plan.steps.find((s): s is UserStep => s.kind === 'user');
+  if (!user) throw new Error(`plan ${plan.name} has no user step`);
+  return { uid: user.uid, gid: user.gid, name: user.name, home: user.home };
+}
+
+export async function buildProject(project: Project, options: { frozen: boolean; reporter: Reporter; signal?: AbortSignal }): Promise<ProjectBuild> {
+  if (options.frozen) checkFrozen(project.spec, project.lock);
+  const plan = compilePlan(project.spec, project.source.dir, project.lock);
+  const identity = planIdentity(plan);
+  const store = LayerStore.open();
+  const id = environmentId(project.source.dir, project.spec.name);
+  const executor = new Executor({
+    store,
+    plan,
+    spec: project.spec,
+    projectDir: project.source.dir,
+    reporter: options.reporter,
+    identity,
+    logDir: join(environmentPaths(id).logs, 'build'),
+    signal: options.signal,
+  });
+  const result = await executor.run();
+  const lock = refreshLock(project.spec, project.lock);
+  if (result.resolved.baseDigest && lock.base.digest === undefined) lock.base.digest = result.resolved.baseDigest;
+  for (const manager of ['apt', 'npm', 'pip'] as const) {
+    // The lock keys packages as env.yaml writes them (`typescript@5`); versions come back by name.
+    for (const request of Object.keys(lock.packages[manager])) {
+      const version = result.resolved.packages[manager][packageName(manager, request) ?? request];
+      if (version !== undefined && lock.packages[manager][request] === null) lock.packages[manager][request] = version;
+    }
+  }
+  const lockChanged = !project.lock || renderLock(project.lock) !== renderLock(lock);
+  // --frozen never writes: the lock is the input there, not the output.
+  if (lockChanged && !options.frozen) writeLock(project.lockPath, lock);
+  return { ...result, plan, lock, identity, store, lockChanged };
+}
