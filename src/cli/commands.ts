@@ -67,6 +67,45 @@ export async function runCli(argv: string[], version: string): Promise<number> {
       async (args) => setExit(await (await import('./build.js')).run(args)),
     )
     .command(
+      'up',
+      'Build what changed and start the environment (idempotent)',
+      (y) =>
+        y
+          .option('frozen', { type: 'boolean', default: false, describe: 'Fail if env.lock disagrees with env.yaml; never write env.lock' })
+          .option('progress', { choices: ['auto', 'tty', 'plain', 'quiet'] as const, default: 'auto' as const, describe: 'Progress display' }),
+      async (args) => setExit(await (await import('./up.js')).run(args)),
+    )
+    .command(
+      'exec [command..]',
+      'Run a command in the environment (starting it if it is down); its exit code is passed through',
+      (y) =>
+        y
+          .positional('command', { type: 'string', array: true, describe: 'The command and its arguments (after --)' })
+          .option('env', { alias: 'e', type: 'string', array: true, describe: 'Set KEY=VALUE in the command\'s environment' })
+          .option('workdir', { alias: 'w', type: 'string', describe: 'Working directory inside (default: workdir from env.yaml)' })
+          .option('root', { type: 'boolean', default: false, describe: 'Run as root inside the environment' })
+          .parserConfiguration({ 'populate--': true, 'unknown-options-as-args': true }),
+      async (args) => setExit(await (await import('./exec.js')).run(args as never)),
+    )
+    .command(
+      'shell',
+      'Open an interactive login shell in the environment',
+      (y) => y.option('root', { type: 'boolean', default: false, describe: 'Open it as root' }),
+      async (args) => setExit(await (await import('./exec.js')).runShell(args)),
+    )
+    .command(
+      'down',
+      'Stop the environment; --rm also deletes its writable layer and volumes',
+      (y) => y.option('rm', { type: 'boolean', default: false, describe: 'Remove the environment too' }),
+      async (args) => setExit(await (await import('./down.js')).run(args)),
+    )
+    .command(
+      'status',
+      'List this user\'s environments and their state',
+      (y) => y.option('json', { type: 'boolean', default: false, describe: 'Machine-readable output' }),
+      async (args) => setExit(await (await import('./status.js')).run(args)),
+    )
+    .command(
       'doctor',
       'Check that this host can run envy and say how to fix what is missing',
       (y) => y.option('json', { type: 'boolean', default: false, describe: 'Machine-readable output' }),

@@ -56,6 +56,19 @@ export async function buildProject(project: Project, options: { frozen: boolean;
   }
   const lockChanged = !project.lock || renderLock(project.lock) !== renderLock(lock);
   // --frozen never writes: the lock is the input there, not the output.
-  if (lockChanged && !options.frozen) writeLock(project.lockPath, lock);
-  return { ...result, plan, lock, identity, store, lockChanged };
+  if (!lockChanged || options.frozen) return { ...result, plan, lock, identity, store, lockChanged };
+  writeLock(project.lockPath, lock);
+  // The pins just written enter the step keys (a pinned base is a different input than "latest"), yet
+  // they describe exactly what was built: record the images under the pinned keys too, so the next
+  // build with this lock is all cache hits instead of a rebuild of identical content.
+  const pinned = compilePlan(project.spec, project.source.dir, lock);
+  let image = result.image;
+  for (const [index, step] of pinned.steps.entries()) {
+    const built = plan.steps[index];
+    if (!built || built.key === step.key || !store.hasImage(built.key)) continue;
+    const alias = { ...store.readImage(built.key), key: step.key };
+    if (!store.hasImage(step.key)) await store.writeImage(alias);
+    if (index === pinned.steps.length - 1) image = alias;
+  }
+  return { ...result, image, plan: pinned, lock, identity, store, lockChanged };
 }
