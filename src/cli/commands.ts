@@ -81,7 +81,7 @@ export async function runCli(argv: string[], version: string): Promise<number> {
       (y) =>
         y
           .positional('command', { type: 'string', array: true, describe: 'The command and its arguments (after --)' })
-          .option('env', { alias: 'e', type: 'string', array: true, describe: 'Set KEY=VALUE in the command\'s environment' })
+          .option('env', { alias: 'e', type: 'string', array: true, nargs: 1, describe: 'Set KEY=VALUE in the command\'s environment' })
           .option('workdir', { alias: 'w', type: 'string', describe: 'Working directory inside (default: workdir from env.yaml)' })
           .option('root', { type: 'boolean', default: false, describe: 'Run as root inside the environment' })
           .parserConfiguration({ 'populate--': true, 'unknown-options-as-args': true }),

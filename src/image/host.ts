@@ -4,7 +4,7 @@
  * symlinks, empty top-level dirs and the env's own /etc (the host's passwd,
  * shadow, machine-id and the like stay out). The runtime bind-mounts /usr.
  */
-import { accessSync, constants, cpSync, existsSync, lstatSync, mkdirSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
+import { accessSync, chmodSync, constants, cpSync, existsSync, lstatSync, mkdirSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { EnvyError } from '../errors.js';
 import type { MountRequest } from '../runtime/types.js';
@@ -64,6 +64,8 @@ export function createHostBaseLayer(dir: string, options: HostBaseOptions = {}):
     symlinkSync(readlinkSync(hostPath), join(dir, name));
   }
   for (const sub of EMPTY_DIRS) mkdirSync(join(dir, sub), { recursive: true });
+  // Scratch dirs are world-writable and sticky, as on every Linux.
+  for (const sub of ['tmp', 'var/tmp']) chmodSync(join(dir, sub), 0o1777);
   for (const entry of ETC_ENTRIES) {
     const source = join(hostRoot, 'etc', entry);
     if (!existsSync(source) && !isSymlink(source)) continue;

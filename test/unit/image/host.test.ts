@@ -36,6 +36,7 @@ test('copies the loader, certificates and alternatives, keeping symlinks as link
   expect(readlinkSync(join(layer, 'etc/alternatives/editor'))).toBe('/usr/bin/vim.basic');
   expect(readlinkSync(join(layer, 'bin'))).toBe('usr/bin');
   expect(lstatSync(join(layer, 'usr')).isDirectory()).toBe(true);
+  expect(lstatSync(join(layer, 'var/tmp')).mode & 0o7777).toBe(0o1777);
 });
 
 test("never copies the host's accounts, secrets or identity", () => {

@@ -1,0 +1,140 @@
+/**
+ * The everyday loop through the real CLI, as the unprivileged test user:
+ * up (build + start + hooks), idempotent up, exec with exit codes and options,
+ * workspace ownership, the writable layer across down/up, --rm, rebuilding only
+ * what changed, --frozen. A host base keeps it fast; the Debian test below runs
+ * the README's main job on env.example.yaml.
+ */
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { envy, envyRoot, runAsUser, userTempDir, type RunResult } from '../harness.js';
+
+let project: { path: string; remove: () => void };
+let home: { path: string; remove: () => void };
+let uid: number;
+
+const run = (args: string[], timeoutMs = 120_000): Promise<RunResult> =>
+  envy(args, { cwd: project.path, env: { ENVY_HOME: home.path, CI: 'true' }, timeoutMs });
+
+function ok(result: RunResult): RunResult {
+  if (result.code !== 0) throw new Error(`exit ${result.code}\nstdout: ${result.stdout}\nstderr: ${result.stderr}`);
+  return result;
+}
+
+async function cleanupHome(): Promise<void> {
+  await run(['down', '--rm']);
+  await runAsUser(join(envyRoot(), 'dist/envy-ns'), ['userns', '--', 'rm', '-rf', home.path]);
+  home.remove();
+}
+
+describe('envy up / exec / down on a host base', () => {
+  beforeAll(async () => {
+    project = userTempDir('envy-life-');
+    home = userTempDir('envy-life-home-');
+    writeFileSync(
+      join(project.path, 'env.yaml'),
+      [
+        'name: life',
+        'base: {host: true}',
+        'env: {GREETING: hello}',
+        'files:',
+        '  - {src: tool.sh, dest: /opt/tool.sh, mode: "0755"}',
+        'setup:',
+        '  - run: echo built-one > /opt/one',
+        '  - run: echo built-two > /opt/two',
+        'hooks:',
+        '  onCreate: echo created >> /var/tmp/hooks',
+        '  postStart: echo started >> /var/tmp/hooks',
+        '',
+      ].join('\n'),
+    );
+    writeFileSync(join(project.path, 'tool.sh'), '#!/bin/sh\necho tool ran\n');
+    uid = statSync(project.path).uid;
+  });
+  afterAll(async () => {
+    await cleanupHome();
+    project.remove();
+  });
+
+  test('up builds, starts and runs onCreate once and postStart on every start', async () => {
+    const first = ok(await run(['up']));
+    expect(first.stdout).toMatch(/^life is running \(image [0-9a-f]{12}, 6 steps built\)/m);
+    expect(first.stdout).toContain('enter it: envy shell');
+    const again = ok(await run(['up']));
+    expect(again.stdout).toMatch(/^life is up to date and running/m);
+    expect(ok(await run(['exec', '--', 'cat', '/var/tmp/hooks'])).stdout).toBe('created\nstarted\n');
+    const lock = readFileSync(join(project.path, 'env.lock'), 'utf8');
+    expect(lock).toContain('lockfileVersion: 1');
+  });
+
+  test('exec passes exit codes, env, workdir and --root through; files made in the workspace belong to the user', async () => {
+    expect((await run(['exec', '--', 'sh', '-c', 'exit 42'])).code).toBe(42);
+    expect((await run(['exec', '--', 'sh', '-c', 'kill -TERM $$'])).code).toBe(143);
+    expect(ok(await run(['exec', '--', '/opt/tool.sh'])).stdout).toBe('tool ran\n');
+    expect(ok(await run(['exec', '-e', 'EXTRA=1', '--', 'sh', '-c', 'echo $GREETING $EXTRA'])).stdout).toBe('hello 1\n');
+    expect(ok(await run(['exec', '-w', '/opt', '--', 'pwd'])).stdout).toBe('/opt\n');
+    expect(ok(await run(['exec', '--root', '--', 'id', '-u'])).stdout).toBe('0\n');
+    expect(ok(await run(['exec', '--', 'cat', '/opt/one', '/opt/two'])).stdout).toBe('built-one\nbuilt-two\n');
+    ok(await run(['exec', '--', 'sh', '-c', 'echo from-inside > made-inside']));
+    const made = statSync(join(project.path, 'made-inside'));
+    expect(made.uid).toBe(uid);
+    expect(readFileSync(join(project.path, 'made-inside'), 'utf8')).toBe('from-inside\n');
+  });
+
+  test('the writable layer survives down/up; status follows; down --rm forgets it', async () => {
+    ok(await run(['exec', '--', 'sh', '-c', 'echo kept > /var/tmp/state']));
+    expect(ok(await run(['down'])).stdout).toContain('stopped (its writable layer is kept');
+    const stopped = JSON.parse(ok(await run(['status', '--json'])).stdout) as { environments: { name: string; state: string }[] };
+    expect(stopped.environments.find((e) => e.name === 'life')?.state).toBe('stopped');
+    ok(await run(['up']));
+    expect(ok(await run(['exec', '--', 'cat', '/var/tmp/state'])).stdout).toBe('kept\n');
+    expect(ok(await run(['exec', '--', 'cat', '/var/tmp/hooks'])).stdout).toBe('created\nstarted\nstarted\n');
+    ok(await run(['down', '--rm']));
+    ok(await run(['up']));
+    expect((await run(['exec', '--', 'cat', '/var/tmp/state'])).code).not.toBe(0);
+  });
+
+  test('a changed setup step rebuilds only itself and what follows; --frozen refuses a drifted env.yaml', async () => {
+    const file = join(project.path, 'env.yaml');
+    writeFileSync(file, readFileSync(file, 'utf8').replace('built-two', 'built-2'));
+    const build = ok(await run(['build']));
+    // The second setup step and the user step after it; base, files, env and the first setup step stay cached.
+    expect(build.stderr).toMatch(/\(2 built, 4 cached\)/);
+    writeFileSync(file, readFileSync(file, 'utf8').replace('GREETING: hello', 'GREETING: bye'));
+    const frozen = await run(['up', '--frozen']);
+    expect(frozen.code).toBe(7);
+    expect(frozen.stderr).toMatch(/^envy: .*env/m);
+  });
+
+  test('exec without a command is a usage error', async () => {
+    const result = await run(['exec']);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toContain('envy exec needs a command');
+  });
+});
+
+describe('the README main job: envy up on env.example.yaml (Debian bookworm)', () => {
+  beforeAll(() => {
+    project = userTempDir('envy-example-');
+    home = userTempDir('envy-example-home-');
+    writeFileSync(join(project.path, 'env.yaml'), readFileSync(join(envyRoot(), 'env.example.yaml'), 'utf8'));
+  });
+  afterAll(async () => {
+    await cleanupHome();
+    project.remove();
+  });
+
+  test('builds from Debian mirror packages, starts, and the toolchain runs inside', async () => {
+    const up = ok(await run(['up'], 600_000));
+    expect(up.stdout).toMatch(/^example is running/m);
+    expect(up.stdout).toContain('git version');
+    expect(ok(await run(['exec', '--', 'jq', '--version'])).stdout).toMatch(/^jq-1\./);
+    expect(ok(await run(['exec', '--', 'sh', '-c', 'id -un; test -w /workspace && echo writable'])).stdout).toMatch(/writable/);
+    const lock = readFileSync(join(project.path, 'env.lock'), 'utf8');
+    expect(lock).toMatch(/jq: "1\.[^"]+"/);
+    expect(lock).toMatch(/digest: "sha256:[0-9a-f]{64}"/);
+    const again = ok(await run(['up']));
+    expect(again.stdout).toMatch(/up to date and running/);
+  }, 900_000);
+});
