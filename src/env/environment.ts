@@ -43,7 +43,8 @@ export function environmentConfig(id: string, spec: EnvSpec, projectDir: string,
   const paths = environmentPaths(id);
   const mounts: MountRequest[] = [];
   if (image.config.labels?.[HOST_BASE_LABEL]) mounts.push({ type: 'bind', source: '/usr', target: '/usr', readonly: true });
-  if (spec.workspace.sync === 'bind') mounts.push({ type: 'bind', source: projectDir, target: spec.workspace.path });
+  // `sync: watch` (a private synced copy) is not wired into the runtime yet: until it is, bind (up() says so).
+  mounts.push({ type: 'bind', source: projectDir, target: spec.workspace.path });
   for (const mount of spec.mounts) {
     if (mount.type === 'volume') {
       const source = join(paths.volumes, mount.name);
@@ -152,6 +153,7 @@ export async function up(project: Project, options: { frozen: boolean; reporter:
       writeRecord(record);
     }
     await runHooks(prepared, runtime, 'postStart', spec.hooks.postStart);
+    if (spec.workspace.sync === 'watch') notes.push('workspace.sync: watch is not wired into the runtime yet; the workspace is bind-mounted');
     if (spec.services.length > 0) notes.push(`services (${spec.services.map((s) => s.name).join(', ')}) are not supervised by this version of envy yet; start them with envy exec`);
     return { ...prepared, unchanged: false, built: build.built.length, notes };
   } finally {
