@@ -31,6 +31,9 @@ import {
   symlinkSync,
   utimesSync,
   writeSync,
+  fchownSync,
+  fchmodSync,
+  futimesSync,
 } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { Readable, Transform, type TransformCallback } from 'node:stream';
@@ -84,6 +87,8 @@ export type LayerSource = Readable | string;
 type TarEntry = AsyncIterable<unknown> & { header: tar.Header };
 
 const SETID_BITS = 0o6000;
+/** Files up to this size are read whole from the tar and written with one call. */
+const SMALL_FILE = 256 * 1024;
 const WHITEOUT_PREFIX = '.wh.';
 const OPAQUE_MARKER = '.wh..wh..opq';
 
@@ -235,6 +240,8 @@ class LayerWriter {
   private readonly whiteouts = new Set<string>();
   private readonly opaque = new Set<string>();
   private readonly fifos: { rel: string; mode: number; mtime: Date; uid: number; gid: number }[] = [];
+  /** Non-directory paths this layer created (the dest started empty). */
+  private readonly placed = new Set<string>();
   private readonly result: Omit<ExtractResult, 'diffId' | 'tarSize' | 'whiteouts' | 'opaqueDirs'>;
 
   constructor(
@@ -256,13 +263,13 @@ class LayerWriter {
         await this.entry(entry);
       }
       await feeding;
+      await this.finish();
     } catch (error) {
       stream.destroy();
       hasher.destroy();
       extract.destroy();
       throw this.wrap(error);
     }
-    await this.finish();
     return {
       ...this.result,
       diffId: `sha256:${hasher.hash.digest('hex')}`,
@@ -317,19 +324,18 @@ class LayerWriter {
     }
   }
 
-  /** A later entry replaces an earlier one of the same path (directories merge). */
+  /**
+   * A later entry replaces an earlier one of the same path (directories merge).
+   * The dest started empty, so what exists is exactly what this layer made:
+   * the bookkeeping answers without a syscall per entry.
+   */
   private clearForEntry(rel: string, isDir: boolean): void {
-    const abs = join(this.root, rel);
-    let stat;
-    try {
-      stat = lstatSync(abs);
-    } catch {
-      return;
-    }
-    if (isDir && stat.isDirectory()) return;
-    removeTree(abs);
+    const wasDir = this.dirs.has(rel);
+    if (!wasDir && !this.placed.has(rel)) return;
+    if (isDir && wasDir) return;
     const under = `${rel}/`;
-    for (const set of [this.symlinks, this.linkable]) {
+    removeTree(join(this.root, rel));
+    for (const set of [this.symlinks, this.linkable, this.placed]) {
       for (const path of set) if (path === rel || path.startsWith(under)) set.delete(path);
     }
     for (const path of [...this.dirs.keys()]) if (path === rel || path.startsWith(under)) this.dirs.delete(path);
@@ -397,9 +403,18 @@ class LayerWriter {
       case 'file':
       case 'contiguous-file': {
         this.clearForEntry(rel, false);
+        this.placed.add(rel);
+        this.linkable.add(rel);
+        if ((header.size ?? 0) <= SMALL_FILE) {
+          const data = await readEntry(entry);
+          const owner = this.options.chown ? { uid, gid } : undefined;
+          if (!owner) this.noteOwner(rel, uid, gid);
+          const finalMode = this.finalMode(rel, mode);
+          writeSmallFile(abs, data, finalMode, mtime, owner);
+          return;
+        }
         await writeFile(abs, entry);
         this.applyAttributes(rel, abs, mode, mtime, uid, gid);
-        this.linkable.add(rel);
         return;
       }
       case 'symlink': {
@@ -409,6 +424,7 @@ class LayerWriter {
         this.clearForEntry(rel, false);
         // Symlinks may point anywhere: they are resolved inside the environment's root, never while unpacking.
         symlinkSync(target, abs);
+        this.placed.add(rel);
         if (this.options.chown) lchownSync(abs, uid, gid);
         else this.noteOwner(rel, uid, gid);
         lutimesSync(abs, mtime, mtime);
@@ -425,6 +441,7 @@ class LayerWriter {
         if (target === rel) return;
         this.clearForEntry(rel, false);
         linkSync(join(this.root, target), abs);
+        this.placed.add(rel);
         if (this.symlinks.has(target)) this.symlinks.add(rel);
         this.linkable.add(rel);
         return;
@@ -438,6 +455,7 @@ class LayerWriter {
       case 'fifo': {
         await drain(entry);
         this.clearForEntry(rel, false);
+        this.placed.add(rel);
         this.fifos.push({ rel, mode, mtime, uid, gid });
         return;
       }
@@ -503,6 +521,28 @@ function exists(path: string): boolean {
 
 async function drain(entry: TarEntry): Promise<void> {
   for await (const chunk of entry) void chunk;
+}
+
+async function readEntry(entry: TarEntry): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of entry) chunks.push(chunk as Buffer);
+  return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+}
+
+// The open(2) mode passes through the umask; fchmod only when that changed it.
+const UMASK = process.umask();
+/** One open, one write, fd-based attributes: a layer is mostly small files, and path lookups add up. */
+function writeSmallFile(abs: string, data: Buffer, mode: number, mtime: Date, owner: { uid: number; gid: number } | undefined): void {
+  const fd = openSync(abs, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, mode & 0o777);
+  try {
+    let offset = 0;
+    while (offset < data.length) offset += writeSync(fd, data, offset, data.length - offset);
+    if (owner) fchownSync(fd, owner.uid, owner.gid);
+    if (owner || (mode & ~UMASK & 0o7777) !== mode) fchmodSync(fd, mode);
+    futimesSync(fd, mtime, mtime);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 async function writeFile(abs: string, entry: TarEntry): Promise<void> {

@@ -44,7 +44,7 @@ export async function writeImage(layout: string, layers: FixtureLayer[], options
   for (const layer of layers) {
     const tar = await makeTar(layer.entries);
     diffIds.push(digestOf(tar));
-    const blob = layer.compression === 'gzip' ? gzipSync(tar) : layer.compression === 'zstd' ? execFileSync('zstd', ['-q', '-c'], { input: tar }) : tar;
+    const blob = layer.compression === 'gzip' ? gzipSync(tar) : layer.compression === 'zstd' ? execFileSync('zstd', ['-q', '-c'], { input: tar, maxBuffer: 1 << 30 }) : tar;
     const digest = writeBlob(layout, blob);
     layerDigests.push(digest);
     descriptors.push({ mediaType: LAYER_TYPES[layer.compression], digest, size: blob.length });

@@ -42,4 +42,4 @@ export async function makeTar(entries: TestEntry[]): Promise<Buffer> {
 }
 
 export const gzip = (data: Buffer): Buffer => gzipSync(data);
-export const zstd = (data: Buffer): Buffer => execFileSync('zstd', ['-q', '-c'], { input: data });
+export const zstd = (data: Buffer): Buffer => execFileSync('zstd', ['-q', '-c'], { input: data, maxBuffer: 1 << 30 });
