@@ -10,7 +10,7 @@
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream, lstatSync, mkdirSync, readdirSync, readlinkSync, renameSync, rmSync, statSync, writeFileSync, type Stats } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
-import { Transform, type TransformCallback } from 'node:stream';
+import { Transform, Writable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import * as tar from 'tar-stream';
@@ -80,19 +80,35 @@ async function opaqueDirs(root: string): Promise<Set<string>> {
 
 /** Write one layer as a deterministic tar (optionally gzipped) to `output`; returns the tar's and the blob's digests. */
 export async function writeLayerTar(store: LayerStore, diffId: string, output: string, options: { gzip: boolean; sourceDateEpoch?: number }): Promise<{ diffId: string; digest: string; size: number }> {
-  const meta = store.readLayerMeta(diffId);
-  const root = store.layerRoot(diffId);
+  return tarTree(store.layerRoot(diffId), store.readLayerMeta(diffId), output, options);
+}
+
+/** What the re-tarring needs to know about a tree beyond what lstat says. */
+export type TreeOwnership = Pick<LayerMeta, 'chowned' | 'owners' | 'strippedModes'>;
+
+/**
+ * Tar `root` deterministically into `output` (or only hash it, when output is
+ * undefined: a build step's diff_id). Returns the tar's digest (the diff_id),
+ * the blob's digest and the blob's size.
+ */
+export async function tarTree(
+  root: string,
+  ownership: TreeOwnership,
+  output: string | undefined,
+  options: { gzip: boolean; sourceDateEpoch?: number },
+): Promise<{ diffId: string; digest: string; size: number; whiteouts: string[]; opaqueDirs: string[]; entries: number }> {
+  const meta = ownership;
   const opaque = await opaqueDirs(root);
   const pack = tar.pack();
   const tarHash = new Hasher();
   const blobHash = new Hasher();
   const source = pack as unknown as NodeJS.ReadableStream;
-  const writing = options.gzip
-    ? pipeline(source, tarHash, createGzip({ level: 6 }), blobHash, createWriteStream(output))
-    : pipeline(source, tarHash, createWriteStream(output));
+  const sink = (): NodeJS.WritableStream => (output === undefined ? new Writable({ write: (_chunk, _encoding, done) => done() }) : createWriteStream(output));
+  const writing = options.gzip ? pipeline(source, tarHash, createGzip({ level: 6 }), blobHash, sink()) : pipeline(source, tarHash, sink());
   writing.catch(() => {});
+  const writer = new LayerTarWriter(pack, root, meta, opaque, options.sourceDateEpoch);
   try {
-    await new LayerTarWriter(pack, root, meta, opaque, options.sourceDateEpoch).walk('');
+    await writer.walk('');
     pack.finalize();
     await writing;
   } catch (error) {
@@ -101,16 +117,19 @@ export async function writeLayerTar(store: LayerStore, diffId: string, output: s
   }
   const tarDigest = tarHash.digest();
   const digest = options.gzip ? blobHash.digest() : tarDigest;
-  return { diffId: tarDigest, digest, size: options.gzip ? blobHash.size : tarHash.size };
+  return { diffId: tarDigest, digest, size: options.gzip ? blobHash.size : tarHash.size, whiteouts: writer.whiteouts, opaqueDirs: writer.opaqueRels, entries: writer.entries };
 }
 
 class LayerTarWriter {
   private readonly inodes = new Map<number, string>();
+  readonly whiteouts: string[] = [];
+  readonly opaqueRels: string[] = [];
+  entries = 0;
 
   constructor(
     private readonly pack: tar.Pack,
     private readonly root: string,
-    private readonly meta: LayerMeta,
+    private readonly meta: TreeOwnership,
     private readonly opaque: Set<string>,
     private readonly epoch: number | undefined,
   ) {}
@@ -131,6 +150,7 @@ class LayerTarWriter {
   }
 
   private async entry(header: Partial<tar.Header> & { name: string }): Promise<void> {
+    this.entries += 1;
     await new Promise<void>((resolvePromise, reject) => {
       this.pack.entry({ uname: '', gname: '', ...header }, '', (error) => (error ? reject(error) : resolvePromise()));
     });
@@ -141,6 +161,7 @@ class LayerTarWriter {
     const names = readdirSync(dirAbs).sort((a, b) => (Buffer.compare(Buffer.from(a), Buffer.from(b))));
     if (this.opaque.has(dirAbs)) {
       const marker = dirRel === '' ? '.wh..wh..opq' : `${dirRel}/.wh..wh..opq`;
+      this.opaqueRels.push(dirRel);
       await this.entry({ name: marker, type: 'file', mode: 0o644, mtime: this.mtime(lstatSync(dirAbs)), uid: 0, gid: 0 });
     }
     for (const name of names) {
@@ -152,6 +173,7 @@ class LayerTarWriter {
         await this.entry({ name: `${rel}/`, type: 'directory', ...common });
         await this.walk(rel);
       } else if (stat.isCharacterDevice() && stat.rdev === 0) {
+        this.whiteouts.push(rel);
         await this.entry({ name: dirRel === '' ? `.wh.${name}` : `${dirRel}/.wh.${name}`, type: 'file', ...common, mode: 0o644, uid: 0, gid: 0 });
       } else if (stat.isSymbolicLink()) {
         await this.entry({ name: rel, type: 'symlink', linkname: readlinkSync(abs), ...common });
@@ -164,6 +186,7 @@ class LayerTarWriter {
           continue;
         }
         if (stat.nlink > 1) this.inodes.set(stat.ino, rel);
+        this.entries += 1;
         await new Promise<void>((resolvePromise, reject) => {
           const sink = this.pack.entry({ uname: '', gname: '', name: rel, type: 'file', size: stat.size, ...common }, (error) => (error ? reject(error) : resolvePromise()));
           pipeline(createReadStream(abs), sink as unknown as NodeJS.WritableStream).catch(reject);

@@ -25,6 +25,7 @@ import { acquireLock, isAlive, type Lock } from '../state/lock.js';
 import { stateDir } from '../state/paths.js';
 import { digestHex, isDigest, sha256File } from './digest.js';
 import { extractLayer, removeTree, type ExtractOptions, type ExtractResult, type LayerSource } from './extract.js';
+import { tarTree, type TreeOwnership } from './export.js';
 import { TEMP_PREFIX, tempName, tempOwnerAlive } from './temp.js';
 
 export interface LayerMeta {
@@ -295,6 +296,54 @@ export class LayerStore {
       }
     };
     return lockKey ? this.withLock(`layer-${digestHex(lockKey)}`, `unpack ${options.label}`, body) : body();
+  }
+
+  /**
+   * Take a directory (a build step's overlay upper dir, a host base skeleton) as
+   * a layer: its diff_id is the digest of its deterministic tar (the one export
+   * writes, mtimes clamped to `sourceDateEpoch`), and the directory itself is
+   * moved into the store (it must be on the store's filesystem). Identical
+   * content already stored wins and the directory is removed.
+   */
+  async commitLayerDir(dir: string, options: { createdBy: string; ownership?: TreeOwnership; sourceDateEpoch?: number }): Promise<LayerMeta> {
+    const ownership: TreeOwnership = options.ownership ?? { chowned: false, owners: {}, strippedModes: {} };
+    const tree = await tarTree(dir, ownership, undefined, { gzip: false, sourceDateEpoch: options.sourceDateEpoch });
+    return this.withLock(`layer-${digestHex(tree.diffId)}`, `commit ${options.createdBy}`, async () => {
+      if (this.hasLayer(tree.diffId)) {
+        removeTree(dir);
+        return this.readLayerMeta(tree.diffId);
+      }
+      const temp = join(this.root, 'layers', tempName('commit'));
+      mkdirSync(temp, { mode: 0o700 });
+      try {
+        try {
+          renameSync(dir, join(temp, 'root'));
+        } catch (error) {
+          if ((error as NodeJS.ErrnoException).code !== 'EXDEV') throw error;
+          throw new EnvyError('INTERNAL', `cannot move ${dir} into the store at ${this.root}: different filesystems`, {
+            hint: 'build dirs must live under the state dir (ENVY_HOME) so layers are committed by rename',
+          });
+        }
+        const meta: LayerMeta = {
+          diffId: tree.diffId,
+          size: tree.size,
+          createdBy: options.createdBy,
+          createdAt: new Date().toISOString(),
+          entries: tree.entries,
+          skippedDevices: 0,
+          whiteouts: tree.whiteouts,
+          opaqueDirs: tree.opaqueDirs,
+          ...ownership,
+        };
+        writeFileAtomic(join(temp, 'meta.json'), `${JSON.stringify(meta)}\n`);
+        renameSync(temp, this.layerDir(tree.diffId));
+        fsyncDir(join(this.root, 'layers/sha256'));
+        return meta;
+      } catch (error) {
+        await this.removeTemp(temp);
+        throw error;
+      }
+    });
   }
 
   private async removeTemp(temp: string): Promise<void> {

@@ -135,3 +135,34 @@ describe('LayerStore', () => {
     expect(existsSync(live)).toBe(true);
   });
 });
+
+describe('LayerStore.commitLayerDir', () => {
+  function makeTree(dir: string, stamp: Date): void {
+    mkdirSync(join(dir, 'etc/conf.d'), { recursive: true });
+    mkdirSync(join(dir, 'var/cache'), { recursive: true });
+    writeFileSync(join(dir, 'etc/conf.d/app.conf'), 'key=value\n');
+    writeFileSync(join(dir, 'etc/tool'), '#!/bin/sh\n', { mode: 0o755 });
+    execFileSync('mknod', [join(dir, 'etc/removed'), 'c', '0', '0']);
+    execFileSync('setfattr', ['-n', 'user.overlay.opaque', '-v', 'y', join(dir, 'var/cache')]);
+    execFileSync('touch', ['-h', '-d', stamp.toISOString(), ...['etc/conf.d/app.conf', 'etc/tool', 'etc/removed', 'etc/conf.d', 'etc', 'var/cache', 'var'].map((p) => join(dir, p))]);
+  }
+
+  it('moves a directory in as a layer keyed by its deterministic tar, whiteouts and opaque dirs included', async () => {
+    const store = LayerStore.open(join(root, 'store'));
+    const epoch = 1_700_000_000;
+    const first = join(root, 'store', 'build-a');
+    const second = join(root, 'store', 'build-b');
+    makeTree(first, new Date('2025-01-01T00:00:00Z'));
+    makeTree(second, new Date('2025-06-01T00:00:00Z'));
+    const meta = await store.commitLayerDir(first, { createdBy: 'step one', sourceDateEpoch: epoch });
+    expect(existsSync(first)).toBe(false);
+    expect(meta).toMatchObject({ createdBy: 'step one', whiteouts: ['etc/removed'], opaqueDirs: ['var/cache'], chowned: false });
+    expect(store.verify()).toEqual([]);
+    // Same content at a different time, mtimes clamped to the same epoch: the same layer, stored once.
+    const again = await store.commitLayerDir(second, { createdBy: 'step two', sourceDateEpoch: epoch });
+    expect(again.diffId).toBe(meta.diffId);
+    expect(again.createdBy).toBe('step one');
+    expect(existsSync(second)).toBe(false);
+    expect(readdirSync(join(root, 'store/layers/sha256'))).toEqual([meta.diffId.slice(7)]);
+  });
+});
