@@ -62,7 +62,7 @@ export interface SyncEngineOptions {
    * the bench (bench/sync/latency.bench.mjs) shows the window is most of the latency.
    */
   batchWindowMs?: number;
-  /** Parallel file copies. */
+  /** Parallel file copies and hashes (the reads and writes of file contents). */
   concurrency?: number;
   /** Poll instead of inotify (tests, and filesystems without inotify). */
   forcePolling?: boolean;
@@ -111,6 +111,18 @@ function baseName(path: string): string {
 function isMissing(error: unknown): boolean {
   const code = (error as NodeJS.ErrnoException | null)?.code;
   return code === 'ENOENT' || code === 'ENOTDIR';
+}
+
+function asError(error: unknown): Error {
+  return error instanceof Error ? error : new Error(String(error));
+}
+
+/**
+ * The part of the tree reconciling a path may touch: its own subtree, or for an ignore file, its
+ * directory's (new rules make the engine look at the whole directory again).
+ */
+function reachOf(path: string): string {
+  return (IGNORE_FILE_NAMES as readonly string[]).includes(baseName(path)) ? parentOf(path) : path;
 }
 
 function conflictStamp(date: Date): string {
@@ -209,6 +221,7 @@ export class SyncEngine extends EventEmitter<SyncEngineEvents> {
     if (this.options.watch === false) {
       this.pending.set('', { deep: true });
       await this.drain();
+      this.setState('in-sync');
       return;
     }
     this.sourceWatcher = await this.source.watch({
@@ -227,6 +240,7 @@ export class SyncEngine extends EventEmitter<SyncEngineEvents> {
     }
     this.pending.set('', { deep: true });
     await this.drain();
+    this.setState(this.pending.size > 0 ? 'syncing' : 'in-sync');
   }
 
   async stop(): Promise<void> {
@@ -307,40 +321,78 @@ export class SyncEngine extends EventEmitter<SyncEngineEvents> {
       }
     })().finally(() => {
       this.draining = null;
-      if (this.running) this.setState(this.pending.size > 0 ? 'syncing' : 'in-sync');
+      // Events can arrive while start() is still syncing (a watcher falling back to polling asks for
+      // a rescan): only start() itself ends the starting state.
+      if (this.running && this.state !== 'starting') this.setState(this.pending.size > 0 ? 'syncing' : 'in-sync');
       if (this.pending.size > 0) void this.drain();
     });
     return this.draining;
   }
 
   /**
-   * Apply one batch in the order the paths were first seen. Plain file changes run in parallel up
-   * to the next directory-level change, which waits for them: a directory's creation or removal is
-   * ordered against the file changes around it.
+   * Apply one batch. Paths run in parallel unless one lies inside the other, and overlapping paths run
+   * in the order they were first seen. The kind of event says nothing about how far a reconcile
+   * reaches: a plain "change" on a directory whose other side is gone removes the subtree the other
+   * side had seen, so it must never interleave with a reconcile of a path below it (two reconciles of
+   * one file, each acting on what it read before the other acted, can resurrect a deleted tree).
    */
   private async applyBatch(batch: [string, PendingChange][]): Promise<void> {
-    let group: Promise<void>[] = [];
+    // The task of the item whose scope is exactly this path, and of every item at or below it.
+    const atPath = new Map<string, Promise<void>>();
+    const atOrBelow = new Map<string, Promise<void>>();
+    const tasks: Promise<void>[] = [];
     for (const [path, change] of batch) {
-      if (change.deep) {
-        await Promise.all(group);
-        group = [];
-        await this.reconcileSafely(path, change.deep);
-      } else {
-        group.push(this.copies.run(() => this.reconcileSafely(path, false)));
+      const scope = reachOf(path);
+      const earlier: Promise<void>[] = [];
+      const below = atOrBelow.get(scope);
+      if (below) earlier.push(below);
+      for (let dir = scope; dir !== ''; ) {
+        dir = parentOf(dir);
+        const above = atPath.get(dir);
+        if (above) earlier.push(above);
+      }
+      const task = Promise.all(earlier).then(() => this.reconcileSafely(path, change.deep));
+      tasks.push(task);
+      atPath.set(scope, task);
+      for (let dir = scope; ; dir = parentOf(dir)) {
+        const previous = atOrBelow.get(dir);
+        atOrBelow.set(dir, previous ? Promise.all([previous, task]).then(() => undefined) : task);
+        if (dir === '') break;
       }
     }
-    await Promise.all(group);
+    await Promise.all(tasks);
   }
 
   private async reconcileSafely(path: string, deep: boolean): Promise<void> {
-    try {
-      await this.reconcile(path, deep);
-      if (IGNORE_FILE_NAMES.includes(baseName(path) as (typeof IGNORE_FILE_NAMES)[number])) {
+    await this.lookingAgainOnVanish(path, deep, () => this.reconcile(path, deep));
+    if (IGNORE_FILE_NAMES.includes(baseName(path) as (typeof IGNORE_FILE_NAMES)[number])) {
+      try {
         // New ignore rules can un-ignore paths never synced: look at the directory again.
         if (await this.reloadIgnoreFile(path)) await this.reconcile(parentOf(path), true);
+      } catch (error) {
+        this.recordError(asError(error));
       }
+    }
+  }
+
+  /**
+   * Run one reconcile; if an entry vanished under it (deleted on either side while it worked), its
+   * decision was made on a stale view, so reconcile the path once more from a fresh look.
+   */
+  private async lookingAgainOnVanish(path: string, deep: boolean, first: () => Promise<void>): Promise<void> {
+    try {
+      await first();
+      return;
     } catch (error) {
-      this.recordError(error instanceof Error ? error : new Error(String(error)));
+      if (!isMissing(error)) {
+        this.recordError(asError(error));
+        return;
+      }
+    }
+    try {
+      await this.reconcile(path, deep);
+    } catch (error) {
+      this.recordError(asError(error));
     }
   }
 
@@ -419,7 +471,7 @@ export class SyncEngine extends EventEmitter<SyncEngineEvents> {
         if (b.mode !== a.mode) await this.target.chmod(path, a.mode);
         return;
       }
-      const [hashA, hashB] = await Promise.all([this.source.hash(path), this.target.hash(path)]);
+      const [hashA, hashB] = await Promise.all([this.hashOf(this.source, path), this.hashOf(this.target, path)]);
       if (hashA === hashB) {
         if (b.mode !== a.mode) await this.target.chmod(path, a.mode);
         await this.target.setMtime(path, a.mtimeMs);
@@ -447,15 +499,8 @@ export class SyncEngine extends EventEmitter<SyncEngineEvents> {
       const path = joinPath(dir, name);
       const a: DirEntry | null = sourceByName.get(name) ?? null;
       const b: DirEntry | null = targetByName.get(name) ?? null;
-      const isDir = a?.type === 'dir' || b?.type === 'dir';
-      const task = async (): Promise<void> => {
-        try {
-          await this.reconcileEntry(path, a, b, true);
-        } catch (error) {
-          this.recordError(error instanceof Error ? error : new Error(String(error)));
-        }
-      };
-      tasks.push(isDir ? task() : this.copies.run(task));
+      // Children are disjoint subtrees; the file I/O inside is bounded by the copy semaphore.
+      tasks.push(this.lookingAgainOnVanish(path, true, () => this.reconcileEntry(path, a, b, true)));
     }
     await Promise.all(tasks);
   }
@@ -500,7 +545,7 @@ export class SyncEngine extends EventEmitter<SyncEngineEvents> {
         return;
       }
       if (a.type === 'file') {
-        const [hashA, hashB] = await Promise.all([this.source.hash(path), this.target.hash(path)]);
+        const [hashA, hashB] = await Promise.all([this.hashOf(this.source, path), this.hashOf(this.target, path)]);
         if (hashA === hashB) {
           agreed.set(path, { type: 'file', mode: a.mode, hash: hashA, source: stamp(a), target: stamp(b) });
           return;
@@ -544,7 +589,7 @@ export class SyncEngine extends EventEmitter<SyncEngineEvents> {
     if (info.type === 'symlink') return info.linkTarget !== base.linkTarget;
     const seen = base[sideName];
     if (seen && seen.size === info.size && sameTime(seen.mtimeMs, info.mtimeMs)) return false;
-    const digest = await side.hash(path);
+    const digest = await this.hashOf(side, path);
     if (digest !== base.hash) return true;
     // Touched but not changed: remember the new stamp so the next look needs no hash.
     this.agreed!.set(path, { ...base, [sideName]: stamp(info) });
@@ -648,16 +693,20 @@ export class SyncEngine extends EventEmitter<SyncEngineEvents> {
       return await operation();
     } catch (error) {
       if (!isMissing(error) || parentOf(path) === '') throw error;
-    }
-    const parts = parentOf(path).split('/');
-    for (let i = 1; i <= parts.length; i++) {
-      const dir = parts.slice(0, i).join('/');
-      const existing = await to.stat(dir);
-      if (existing?.type === 'dir') continue;
-      if (existing) await to.remove(dir);
-      const mode = (await from.stat(dir))?.mode ?? 0o755;
-      await this.mkdirOn(to, dir, mode);
-      this.agreed?.set(dir, { type: 'dir', mode });
+      // ENOENT can also mean the entry vanished on `from`: then the change is stale, and creating
+      // directories on `to` would resurrect a tree someone just deleted.
+      if ((await to.stat(parentOf(path)))?.type === 'dir') throw error;
+      const parts = parentOf(path).split('/');
+      for (let i = 1; i <= parts.length; i++) {
+        const dir = parts.slice(0, i).join('/');
+        const existing = await to.stat(dir);
+        if (existing?.type === 'dir') continue;
+        const source = await from.stat(dir);
+        if (source?.type !== 'dir') throw error;
+        if (existing) await to.remove(dir);
+        await this.mkdirOn(to, dir, source.mode);
+        this.agreed?.set(dir, { type: 'dir', mode: source.mode });
+      }
     }
     return operation();
   }
@@ -667,7 +716,7 @@ export class SyncEngine extends EventEmitter<SyncEngineEvents> {
     const wantHash = this.direction === 'two-way';
     const options = { mode: info.mode, mtimeMs: info.mtimeMs };
     let hash = '';
-    const written = await this.withParents(from, to, path, async () => {
+    const written = await this.copies.run(() => this.withParents(from, to, path, async () => {
       const digest = wantHash ? createHash(HASH_ALGORITHM) : null;
       let result: EntryInfo;
       if (info.size < STREAM_THRESHOLD_BYTES) {
@@ -696,8 +745,13 @@ export class SyncEngine extends EventEmitter<SyncEngineEvents> {
       }
       hash = digest?.digest('hex') ?? '';
       return result;
-    });
+    }));
     return { written, hash };
+  }
+
+  /** Content hashes read whole files: bounded together with the copies. */
+  private hashOf(side: SyncTransport, path: string): Promise<string> {
+    return this.copies.run(() => side.hash(path));
   }
 
   private noteApplied(path: string): void {

@@ -17,19 +17,37 @@ export function isWatchLimitError(error: unknown): boolean {
   return typeof code === 'string' && WATCH_LIMIT_CODES.has(code);
 }
 
-function readWatchLimit(): string {
+function readLimit(file: string): number | null {
   try {
-    return readFileSync('/proc/sys/fs/inotify/max_user_watches', 'utf8').trim();
+    const value = Number(readFileSync(file, 'utf8').trim());
+    return Number.isFinite(value) ? value : null;
   } catch {
-    return 'unknown';
+    return null;
   }
+}
+
+/**
+ * The watch budgets that apply to this process. Since Linux 5.11 the budget is counted per user
+ * namespace as well: /proc/sys/user/max_inotify_watches is this namespace's own cap (a container or
+ * sandbox can set it lower than the host), while fs.inotify.max_user_watches always shows the host's.
+ */
+export function inotifyWatchLimits(): { host: number | null; namespace: number | null } {
+  return { host: readLimit('/proc/sys/fs/inotify/max_user_watches'), namespace: readLimit('/proc/sys/user/max_inotify_watches') };
 }
 
 export function watchLimitWarning(error: unknown): string {
   const code = (error as NodeJS.ErrnoException).code ?? 'error';
+  const { host, namespace } = inotifyWatchLimits();
+  const namespaceIsLower = namespace !== null && (host === null || namespace < host);
+  const limits = namespaceIsLower
+    ? `this user namespace allows ${namespace} watches (/proc/sys/user/max_inotify_watches); fs.inotify.max_user_watches = ${host ?? 'unknown'}`
+    : `fs.inotify.max_user_watches = ${host ?? 'unknown'}`;
+  const fix = namespaceIsLower
+    ? 'Fix: raise /proc/sys/user/max_inotify_watches where this namespace is set up, and check the host with '
+    : 'Fix: ';
   return (
-    `file watching hit the inotify limit (${code}; fs.inotify.max_user_watches = ${readWatchLimit()}): ` +
-    'switched to polling, which is slower and uses more CPU. Fix: ' +
+    `file watching hit the inotify limit (${code}; ${limits}): ` +
+    `switched to polling, which is slower and uses more CPU. ${fix}` +
     '`sudo sysctl fs.inotify.max_user_watches=524288` and, to keep it after a reboot, ' +
     "`echo fs.inotify.max_user_watches=524288 | sudo tee /etc/sysctl.d/90-envy-inotify.conf`"
   );
@@ -42,6 +60,10 @@ export class TreeWatcher implements WatchHandle {
   private polling: boolean;
   private closed = false;
   private fellBack = false;
+  /** Settles the wait for the current chokidar instance's `ready` when that instance is dropped. */
+  private abandonWait: (() => void) | null = null;
+  /** The switch to polling, once started: closing the inotify watcher and a polling one becoming ready. */
+  private switching: Promise<void> | null = null;
 
   constructor(
     private readonly root: string,
@@ -96,7 +118,13 @@ export class TreeWatcher implements WatchHandle {
     watcher.on('error', (error: unknown) => {
       void this.handleError(error instanceof Error ? error : new Error(String(error)));
     });
-    await new Promise<void>((resolve) => watcher.once('ready', () => resolve()));
+    await new Promise<void>((resolve) => {
+      watcher.once('ready', () => resolve());
+      this.abandonWait = resolve;
+    });
+    // The kernel can refuse watches during chokidar's initial scan, before `ready`: that instance was
+    // then replaced by a polling one and will never be ready. Ready means the replacement is.
+    if (this.watcher !== watcher && this.switching) await this.switching;
   }
 
   /** Route a watcher error: a watch-limit error switches to polling; the rest go to the caller. */
@@ -110,11 +138,15 @@ export class TreeWatcher implements WatchHandle {
       this.polling = true;
       const old = this.watcher;
       this.watcher = null;
-      await old?.close();
-      if (this.closed) return;
-      await this.start();
-      // Changes made while no watcher ran were not seen: ask for a rescan of the whole tree.
-      this.options.onEvents([{ kind: 'addDir', path: '' }]);
+      this.switching = (async () => {
+        this.abandonWait?.();
+        await old?.close();
+        if (this.closed) return;
+        await this.start();
+        // Changes made while no watcher ran were not seen: ask for a rescan of the whole tree.
+        this.options.onEvents([{ kind: 'addDir', path: '' }]);
+      })();
+      await this.switching;
       return;
     }
     this.options.onError(error);
@@ -137,6 +169,7 @@ export class TreeWatcher implements WatchHandle {
     this.closed = true;
     const watcher = this.watcher;
     this.watcher = null;
+    this.abandonWait?.();
     await watcher?.close();
   }
 

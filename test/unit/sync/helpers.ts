@@ -56,7 +56,16 @@ export function write(path: string, content: string | Buffer): void {
   writeFileSync(path, content);
 }
 
-/** A tree as { 'rel/path': content | '<dir>' | '-> target' }, for whole-tree comparisons. */
+function vanished(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException).code;
+  return code === 'ENOENT' || code === 'ENOTDIR';
+}
+
+/**
+ * A tree as { 'rel/path': content | '<dir>' | '-> target' }, for whole-tree comparisons. The engine may
+ * be changing the tree while this walks it (waitFor polls it mid-sync): an entry that vanishes between
+ * readdir and lstat counts as absent, and the next poll looks again.
+ */
 export function snapshot(root: string, skip: (rel: string) => boolean = () => false): Record<string, string> {
   const out: Record<string, string> = {};
   const walk = (dir: string, prefix: string): void => {
@@ -70,21 +79,34 @@ export function snapshot(root: string, skip: (rel: string) => boolean = () => fa
       const rel = prefix === '' ? name : `${prefix}/${name}`;
       if (skip(rel)) continue;
       const abs = join(dir, name);
-      const stats = lstatSync(abs);
-      if (stats.isSymbolicLink()) out[rel] = `-> ${readlinkSync(abs)}`;
-      else if (stats.isDirectory()) {
-        out[rel] = '<dir>';
-        walk(abs, rel);
-      } else out[rel] = readFileSync(abs, 'utf8');
+      try {
+        const stats = lstatSync(abs);
+        if (stats.isSymbolicLink()) out[rel] = `-> ${readlinkSync(abs)}`;
+        else if (stats.isDirectory()) {
+          out[rel] = '<dir>';
+          walk(abs, rel);
+        } else out[rel] = readFileSync(abs, 'utf8');
+      } catch (error) {
+        if (!vanished(error)) throw error;
+      }
     }
   };
   walk(root, '');
   return out;
 }
 
+/** Poll `condition` on a live tree: a path that vanishes while it looks (the engine mid-change) is "not yet". */
 export async function waitFor(condition: () => boolean, what: string, timeoutMs = 15_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
+  const holds = (): boolean => {
+    try {
+      return condition();
+    } catch (error) {
+      if (vanished(error)) return false;
+      throw error;
+    }
+  };
+  while (!holds()) {
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 10));
   }

@@ -7,7 +7,7 @@ import { STREAM_THRESHOLD_BYTES } from '../../../src/sync/transport.js';
 import { createPair, makeRoot, readOrNull, snapshot, waitFor, write, type Pair } from './helpers.js';
 
 // Real watchers on a shared, loaded machine: allow time, but every wait is on a condition.
-vi.setConfig({ testTimeout: 60_000 });
+vi.setConfig({ testTimeout: 60_000, hookTimeout: 60_000 });
 
 let pair: Pair | null = null;
 afterEach(async () => {

@@ -6,9 +6,10 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { AGREED_STATE_FILE } from '../../../src/sync/agreed-state.js';
 import { SyncEngine } from '../../../src/sync/engine.js';
 import { LocalTransport } from '../../../src/sync/local-transport.js';
+import type { ChangeEvent, DirEntry, WatchHandle, WatchOptions } from '../../../src/sync/transport.js';
 import { createPair, makeRoot, readOrNull, snapshot, waitFor, write, type Pair } from './helpers.js';
 
-vi.setConfig({ testTimeout: 60_000 });
+vi.setConfig({ testTimeout: 60_000, hookTimeout: 60_000 });
 
 const FIXED_NOW = new Date('2025-03-04T05:06:07.890Z');
 let pair: Pair | null = null;
@@ -106,6 +107,55 @@ describe('two-way sync', () => {
     await waitFor(() => !existsSync(join(p.host, 'gone')), 'the host copy to go');
     await p.engine.flush();
     expect(same(p)).toBe(true);
+  });
+
+  it('never lets a directory reconcile interleave with one of a path inside it', async () => {
+    // Under load the kernel's raw notification for a removed directory reaches the engine as a plain
+    // change, before chokidar's unlinkDir, in the same batch as the changes below it. Replay exactly
+    // that batch, and make the directory's listing go stale the way a concurrent delete would leave
+    // it: read before the file's removal lands, returned after it. A reconcile of `gone` running beside
+    // the one of `gone/c.txt` then sees a host file with no agreed entry, copies it back, and the
+    // deleted directory returns on both sides.
+    let injectTargetEvents: ((events: ChangeEvent[]) => void) | null = null;
+    let armed = false;
+    let fileRemoved: () => void = () => undefined;
+    const fileRemovedOnHost = new Promise<void>((resolve) => (fileRemoved = resolve));
+    class Host extends LocalTransport {
+      override async readDir(path: string): Promise<DirEntry[]> {
+        const entries = await super.readDir(path);
+        if (armed && path === 'gone') await fileRemovedOnHost;
+        return entries;
+      }
+      override async remove(path: string): Promise<void> {
+        await super.remove(path);
+        // After the engine's own bookkeeping for this removal has run.
+        if (armed && path === 'gone/c.txt') setImmediate(fileRemoved);
+      }
+    }
+    class Env extends LocalTransport {
+      override async watch(options: WatchOptions): Promise<WatchHandle> {
+        injectTargetEvents = options.onEvents;
+        return super.watch(options);
+      }
+    }
+    const root = makeRoot();
+    const p = createPair(root, { direction: 'two-way', batchWindowMs: 60_000, source: new Host(join(root, 'host')), target: new Env(join(root, 'env')) });
+    pair = p;
+    write(join(p.host, 'gone/a/b.txt'), 'b');
+    write(join(p.host, 'gone/c.txt'), 'c');
+    await p.engine.start();
+    rmSync(join(p.env, 'gone'), { recursive: true });
+    armed = true;
+    // Synchronously, before the real watcher's events are delivered: flush() takes this batch as is.
+    injectTargetEvents!([
+      { kind: 'change', path: 'gone/c.txt' },
+      { kind: 'change', path: 'gone/a/b.txt' },
+      { kind: 'change', path: 'gone' },
+    ]);
+    await p.engine.flush();
+    expect(existsSync(join(p.env, 'gone'))).toBe(false);
+    expect(existsSync(join(p.host, 'gone'))).toBe(false);
+    expect(p.errors).toEqual([]);
   });
 
   it('remembers the agreed state across restarts', async () => {

@@ -6,7 +6,7 @@ import { isWatchLimitError, TreeWatcher, watchLimitWarning } from '../../../src/
 import type { ChangeEvent } from '../../../src/sync/transport.js';
 import { createPair, makeRoot, readOrNull, snapshot, waitFor, write, type Pair } from './helpers.js';
 
-vi.setConfig({ testTimeout: 120_000 });
+vi.setConfig({ testTimeout: 120_000, hookTimeout: 120_000 });
 
 const cleanups: (() => Promise<void>)[] = [];
 afterEach(async () => {
@@ -60,6 +60,31 @@ describe('watch limit', () => {
 
     writeFileSync(join(root, 'after-fallback.txt'), 'seen by polling');
     await waitFor(() => events.some((e) => e.path === 'after-fallback.txt' && e.kind === 'add'), 'a polled add');
+  });
+
+  it('becomes ready on polling when the kernel refuses watches before the first watcher is ready', async () => {
+    // On a real tree over budget, ENOSPC comes during chokidar's initial scan: the inotify watcher it
+    // replaces never reports ready, and start() must not wait for it.
+    const root = makeRoot();
+    write(join(root, 'a/b.txt'), 'b');
+    const warnings: string[] = [];
+    const watcher = new TreeWatcher(root, {
+      ignored: () => false,
+      onEvents: () => undefined,
+      onError: (error) => {
+        throw error;
+      },
+      onWarning: (message) => warnings.push(message),
+      forcePolling: false,
+      pollIntervalMs: 50,
+    });
+    cleanups.push(() => watcher.close());
+    const starting = watcher.start();
+    // start() created the chokidar instance synchronously; its initial scan has not run yet.
+    watcher.underlying!.emit('error', limitError('ENOSPC'));
+    await starting;
+    expect(watcher.mode).toBe('polling');
+    expect(warnings).toHaveLength(1);
   });
 
   it('passes other watcher errors on', async () => {
