@@ -1,9 +1,10 @@
 /** `envy exec -- CMD...` and `envy shell`: run in the project's environment, starting it if it is down. */
 import { EnvyError } from '../errors.js';
-import { ensureRunning, processEnv, runHooks, shellProcess } from '../env/environment.js';
 import { NamespaceRuntime } from '../runtime/namespace/runtime.js';
-import { loadProject } from './project.js';
-import { createReporter } from './ui/reporter.js';
+import { tryFastExec } from './exec-fast.js';
+
+// The full path (env.yaml, plan, build) is imported only when the fast path cannot serve.
+const lifecycle = () => import('../env/environment.js');
 
 interface ExecArgs {
   file?: string;
@@ -26,6 +27,7 @@ function parseEnv(pairs: string[] = []): Record<string, string> {
 }
 
 async function prepare(args: { file?: string; quiet: boolean }) {
+  const [{ loadProject }, { createReporter }, { ensureRunning }] = await Promise.all([import('./project.js'), import('./ui/reporter.js'), lifecycle()]);
   const project = await loadProject(args.file);
   const runtime = new NamespaceRuntime();
   // Starting (or building) prints progress to stderr only when there is something to do.
@@ -40,10 +42,14 @@ async function prepare(args: { file?: string; quiet: boolean }) {
 export async function run(args: ExecArgs): Promise<number> {
   const argv = [...(args.command ?? []), ...(args['--'] ?? [])].map(String);
   if (argv.length === 0) throw new EnvyError('USAGE', 'envy exec needs a command: envy exec -- CMD [ARGS...]');
+  const extra = parseEnv(args.env);
+  const fast = await tryFastExec({ file: args.file, argv, env: extra, workdir: args.workdir, root: args.root });
+  if (fast !== undefined) return fast;
   const { env, runtime } = await prepare(args);
+  const { processEnv } = await lifecycle();
   return runtime.exec(env.config, {
     argv,
-    env: processEnv(env.image, env.identity, args.root, parseEnv(args.env)),
+    env: processEnv(env.image, env.identity, args.root, extra),
     cwd: args.workdir ?? env.spec.workdir,
     root: args.root,
     identity: env.identity,
@@ -53,6 +59,7 @@ export async function run(args: ExecArgs): Promise<number> {
 
 export async function runShell(args: { file?: string; root: boolean; quiet: boolean }): Promise<number> {
   const { env, runtime } = await prepare(args);
+  const { runHooks, shellProcess } = await lifecycle();
   await runHooks(env, runtime, 'postAttach', env.spec.hooks.postAttach);
   return runtime.exec(env.config, shellProcess(env, { root: args.root, tty: process.stdin.isTTY === true }));
 }

@@ -3,8 +3,7 @@
  * validate against schemas/env.schema.json, normalize to EnvSpec. Every
  * problem in the file is reported at once, each as `file:line:col: field: ...`.
  */
-import { existsSync, statSync } from 'node:fs';
-import { basename, dirname, isAbsolute, join, relative, resolve } from 'node:path';
+import { basename, dirname, isAbsolute, relative, resolve } from 'node:path';
 import { EnvyError } from '../errors.js';
 import { diagnosticsError, toPointer } from './diagnostics.js';
 import { parseSpec } from './document.js';
@@ -14,48 +13,13 @@ import { readSpecText, SpecTextError, type SpecText } from './source.js';
 import type { LoadedSpec } from './types.js';
 import { validateSpec } from './validate.js';
 
-export const SPEC_FILE_NAMES = ['env.yaml', 'env.yml'] as const;
+export { SPEC_FILE_NAMES, findSpecFile } from './find.js';
 
 export interface LoadOptions {
   /** Variables for `${VAR}` interpolation; defaults to process.env. */
   env?: HostEnv;
   /** Directory that relative paths and error labels are relative to; defaults to process.cwd(). */
   cwd?: string;
-}
-
-/**
- * The env.yaml that governs `startDir`: the nearest one in it or above it,
- * like git looks for .git. env.yaml wins over env.yml in the same directory.
- */
-export function findSpecFile(startDir: string): string {
-  const searched: string[] = [];
-  let dir = resolve(startDir);
-  for (;;) {
-    searched.push(dir);
-    for (const name of SPEC_FILE_NAMES) {
-      const candidate = join(dir, name);
-      if (existsSync(candidate) && !isDirectory(candidate)) return candidate;
-    }
-    const parent = dirname(dir);
-    if (parent === dir) break;
-    dir = parent;
-  }
-  const where =
-    searched.length <= 3
-      ? searched.join(', ')
-      : `${searched[0]} and its ${searched.length - 1} parent directories up to ${searched[searched.length - 1]}`;
-  throw new EnvyError('CONFIG_NOT_FOUND', `no env.yaml (or env.yml) found in ${where}`, {
-    hint: 'create one with `envy init`, or name a file with -f FILE',
-    details: searched.map((searchedDir) => `looked in ${searchedDir}`),
-  });
-}
-
-function isDirectory(path: string): boolean {
-  try {
-    return statSync(path).isDirectory();
-  } catch {
-    return false;
-  }
 }
 
 /** How a file is named in messages: relative to cwd when it is below it, otherwise as given. */

@@ -116,6 +116,8 @@ export async function up(project: Project, options: { frozen: boolean; reporter:
     const running = (await runtime.status(config)).state === 'running';
     const unchanged = running && previous?.imageKey === image.key && previous.specDigest === source.digest;
     if (unchanged && previous) {
+      // Records written before the exec fast path existed lack its data: add it, nothing else changes.
+      if (!previous.exec) writeRecord({ ...previous, exec: { identity: build.identity, workdir: spec.workdir, env: processEnv(image, build.identity, false), resources: spec.resources } });
       return { record: previous, config, image, identity: build.identity, spec, unchanged: true, built: 0, notes };
     }
     if (running) {
@@ -142,6 +144,7 @@ export async function up(project: Project, options: { frozen: boolean; reporter:
       imageKey: image.key,
       createdAt: previous?.createdAt ?? new Date().toISOString(),
       created,
+      exec: { identity: build.identity, workdir: spec.workdir, env: processEnv(image, build.identity, false), resources: spec.resources },
     };
     writeRecord(record);
     await build.store.setRefs(id, [image.key]);

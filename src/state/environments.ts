@@ -26,6 +26,17 @@ export interface EnvironmentRecord {
   createdAt: string;
   /** hooks.onCreate ran to success for this writable layer. */
   created: boolean;
+  /**
+   * What `envy exec` needs to enter the running environment without loading env.yaml or the plan:
+   * valid while specDigest matches env.yaml's bytes.
+   */
+  exec?: {
+    identity: { uid: number; gid: number; name: string; home: string };
+    workdir: string;
+    /** The environment of processes inside (image config env + identity), before -e. */
+    env: Record<string, string>;
+    resources: { memory?: number; pids?: number; cpus?: number };
+  };
 }
 
 export function environmentsDir(): string {

@@ -1,5 +1,11 @@
 import { EventEmitter } from 'node:events';
-import { describe, expect, test } from 'vitest';
+import { describe, expect, test, vi } from 'vitest';
+
+// ink decides when its module loads whether it runs under CI, and then paints only the last frame at
+// unmount. The reporter never picks ink under CI (plain mode); this file tests the live view itself.
+vi.hoisted(() => {
+  process.env.CI = 'false';
+});
 import { formatBytes, formatDuration, type ProgressEvent } from '../../../src/cli/ui/events.js';
 import { applyEvent, emptyViewState, InkReporter } from '../../../src/cli/ui/ink-reporter.js';
 import { PlainReporter, QuietReporter, colorEnabled, resolveMode } from '../../../src/cli/ui/reporter.js';
