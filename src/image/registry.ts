@@ -337,29 +337,36 @@ export async function pullImage(ref: string | ImageReference, store: LayerStore,
   const config = await fetchConfig(client, store, manifest.config, where);
   const parsed = parseImageConfig(config, manifest, `image ${where}`);
 
-  const layers: ImageLayer[] = new Array(manifest.layers.length);
-  await forEachLimited(manifest.layers, options.concurrency ?? 4, async (descriptor, index) => {
+  const layers: ImageLayer[] = manifest.layers.map((descriptor, index) => {
     digestHex(descriptor.digest, `layer digest in ${where}`);
-    const diffId = parsed.diffIds[index]!;
-    layers[index] = { diffId, blobDigest: descriptor.digest, mediaType: descriptor.mediaType, blobSize: descriptor.size };
-    const progress = (phase: PullProgress['phase'], done: number): void => options.onProgress?.({ blob: descriptor.digest, phase, done, total: descriptor.size });
-    if (store.hasLayer(diffId)) {
-      progress('cached', descriptor.size);
-      return;
-    }
+    return { diffId: parsed.diffIds[index]!, blobDigest: descriptor.digest, mediaType: descriptor.mediaType, blobSize: descriptor.size };
+  });
+  const progress = (descriptor: OciDescriptor, phase: PullProgress['phase'], done: number): void =>
+    options.onProgress?.({ blob: descriptor.digest, phase, done, total: descriptor.size });
+  const missing = manifest.layers.filter((descriptor, index) => {
+    if (!store.hasLayer(layers[index]!.diffId)) return true;
+    progress(descriptor, 'cached', descriptor.size);
+    return false;
+  });
+  // Downloads first, then unpacking: unpacking is mostly synchronous file creation,
+  // which would starve the sockets of downloads still running in this thread.
+  await forEachLimited(missing, options.concurrency ?? 4, async (descriptor) => {
     await store.withBlobLock(descriptor.digest, async () => {
-      if (!store.hasBlob(descriptor.digest)) await downloadBlob(client, store, descriptor, options.attempts ?? 4, (done) => progress('download', done));
+      if (!store.hasBlob(descriptor.digest)) await downloadBlob(client, store, descriptor, options.attempts ?? 4, (done) => progress(descriptor, 'download', done));
     });
-    progress('unpack', descriptor.size);
+  });
+  // Two at a time: a zstd layer's decompression (a separate program) overlaps the other's file writes.
+  await forEachLimited(missing, 2, async (descriptor) => {
+    progress(descriptor, 'unpack', descriptor.size);
     await store.addLayer(store.blobPath(descriptor.digest), {
       label: descriptor.digest,
       createdBy: `pull ${reference.registry}/${reference.repository}@${manifestDoc.digest}`,
-      expectedDiffId: diffId,
+      expectedDiffId: layers[manifest.layers.indexOf(descriptor)]!.diffId,
       blobDigest: descriptor.digest,
       unpack: options.unpack,
       chown: options.chown,
     });
-    progress('done', descriptor.size);
+    progress(descriptor, 'done', descriptor.size);
   });
 
   const image: ImageRecord = {
