@@ -1,9 +1,9 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
 import { findCredentials, parseChallenge } from '../../../src/image/auth.js';
 import { layerCompression, manifestKind, MANIFEST_ACCEPT, sniffCompression } from '../../../src/image/media-types.js';
 import { hostPlatform, selectPlatform } from '../../../src/image/registry.js';
 import { apiHost, formatReference, isLoopbackRegistry, parseReference } from '../../../src/image/reference.js';
-import { mkdtempSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -129,6 +129,7 @@ describe('auth', () => {
 
   it('finds credentials in REGISTRY_AUTH_FILE first, then containers auth.json, then docker config', () => {
     const home = mkdtempSync(join(tmpdir(), 'envy-auth-'));
+    onTestFinished(() => rmSync(home, { recursive: true, force: true }));
     const b64 = (s: string): string => Buffer.from(s).toString('base64');
     writeFileSync(join(home, 'docker.json'), JSON.stringify({ auths: { 'https://index.docker.io/v1/': { auth: b64('hub:pw') }, 'reg.example:5000': { auth: b64('dock:pw') } } }));
     writeFileSync(join(home, 'podman.json'), JSON.stringify({ auths: { 'reg.example:5000': { auth: b64('pod:pw:with:colons') } } }));
