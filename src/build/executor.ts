@@ -255,7 +255,7 @@ export class Executor {
           tarSize: snapshot.size,
           compression: 'none',
           entries: snapshot.entries,
-          skippedDevices: snapshot.skippedDevices,
+          skippedDevices: 0,
           whiteouts: snapshot.whiteouts,
           opaqueDirs: snapshot.opaqueDirs,
           owners: {},

@@ -11,7 +11,8 @@
 import { chmodSync, lchownSync, lstatSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { extractLayer } from '../image/extract.js';
-import { snapshotDirectory } from './snapshot.js';
+import { tarTree } from '../image/export.js';
+import type { LayerSnapshot } from './userns.js';
 
 function makeRemovable(path: string): void {
   let stats;
@@ -29,7 +30,9 @@ async function main(argv: string[]): Promise<unknown> {
   const [job, ...args] = argv;
   if (job === 'snapshot' && (args.length === 2 || args.length === 3)) {
     const epoch = args[1] === '' ? undefined : Number(args[1]);
-    const result = await snapshotDirectory(args[0]!, { sourceDateEpoch: epoch });
+    // Running as root in the namespace, lstat shows the owners the image means: record them as they are.
+    const tree = await tarTree(args[0]!, { chowned: true, owners: {}, strippedModes: {} }, undefined, { gzip: false, sourceDateEpoch: epoch });
+    const result: LayerSnapshot = { diffId: tree.diffId, size: tree.size, entries: tree.entries, whiteouts: tree.whiteouts, opaqueDirs: tree.opaqueDirs };
     // Moving a directory to a new parent rewrites its `..`: only its owner (often the subordinate root) may.
     if (args[2]) renameSync(args[0]!, args[2]);
     return result;

@@ -13,7 +13,15 @@ import type { ExtractResult } from '../image/extract.js';
 import { packageRoot } from '../package-root.js';
 import { ensureHelper } from '../runtime/namespace/helper.js';
 import type { Identity } from '../runtime/types.js';
-import type { SnapshotResult } from './snapshot.js';
+
+/** A directory's identity as a layer: the digest of its deterministic tar (image/export.ts tarTree). */
+export interface LayerSnapshot {
+  diffId: string;
+  size: number;
+  entries: number;
+  whiteouts: string[];
+  opaqueDirs: string[];
+}
 
 function workerPath(): string {
   const path = join(packageRoot(), 'dist', 'layer-worker.js');
@@ -35,7 +43,7 @@ async function inUserNamespace<T>(identity: Pick<Identity, 'uid' | 'gid'>, args:
 }
 
 /** The diff_id of `dir`'s deterministic tar; with `moveTo`, the directory is then moved there. */
-export function snapshotInUserNamespace(identity: Pick<Identity, 'uid' | 'gid'>, dir: string, sourceDateEpoch?: number, moveTo?: string): Promise<SnapshotResult> {
+export function snapshotInUserNamespace(identity: Pick<Identity, 'uid' | 'gid'>, dir: string, sourceDateEpoch?: number, moveTo?: string): Promise<LayerSnapshot> {
   const epoch = sourceDateEpoch === undefined ? '' : String(sourceDateEpoch);
   return inUserNamespace(identity, ['snapshot', dir, epoch, ...(moveTo ? [moveTo] : [])], `snapshot of ${dir}`);
 }
