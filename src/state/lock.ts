@@ -1,11 +1,11 @@
 /**
  * Cross-process locks on state (an environment, the store). Node has no flock,
- * so a lock is a file created with O_EXCL that holds the owner's pid and the
+ * so a lock is a file created atomically (link of a written temp file) that holds the owner's pid and the
  * owner's process start time (from /proc/PID/stat, so a reused pid after a crash
  * or reboot is not mistaken for the owner). A lock whose owner is gone is stale
  * and taken over: a SIGKILLed envy never blocks the next one.
  */
-import { closeSync, mkdirSync, openSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, linkSync, mkdirSync, openSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { EnvyError } from '../errors.js';
 
@@ -40,18 +40,27 @@ function readOwner(path: string): LockOwner | undefined {
   }
 }
 
+/**
+ * Create the lock with its content in one step: write a private temp file, then link(2) it into place
+ * (which, like O_EXCL, fails if the lock exists). A lock file is never seen empty, so a torn lock can
+ * only be debris of a crash, and taking it over cannot delete a live owner's fresh lock.
+ */
 function tryCreate(path: string, owner: LockOwner): boolean {
+  const temp = `${path}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
+  const fd = openSync(temp, 'wx', 0o644);
   try {
-    const fd = openSync(path, 'wx', 0o644);
-    try {
-      writeSync(fd, JSON.stringify(owner));
-    } finally {
-      closeSync(fd);
-    }
+    writeSync(fd, JSON.stringify(owner));
+  } finally {
+    closeSync(fd);
+  }
+  try {
+    linkSync(temp, path);
     return true;
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'EEXIST') return false;
     throw error;
+  } finally {
+    unlinkSync(temp);
   }
 }
 
