@@ -65,7 +65,8 @@ class Hasher extends Transform {
 
 /** Directories of `root` carrying the opaque xattr (one getfattr for the whole tree). */
 async function opaqueDirs(root: string): Promise<Set<string>> {
-  const result = await run('getfattr', ['-R', '-P', '--absolute-names', '-d', '-m', `^${OPAQUE_XATTR.replace(/\./g, '\\.')}$`, root], {
+  // -h: read a symlink's own attributes; without it a dangling link (bin -> usr/bin in a layer) fails the walk.
+  const result = await run('getfattr', ['-R', '-P', '-h', '--absolute-names', '-d', '-m', `^${OPAQUE_XATTR.replace(/\./g, '\\.')}$`, root], {
     errorCode: 'IMAGE',
     hint: 'export reads overlay opaque markers with getfattr (Debian: apt-get install attr)',
   });
