@@ -10,8 +10,8 @@
  * the check and the use remains possible; the check narrows that window to microseconds.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { constants, type Stats } from 'node:fs';
-import { chmod, lstat, type FileHandle, mkdir, open, readdir, readlink, rename, rm, symlink, unlink } from 'node:fs/promises';
+import { constants, existsSync, type Stats } from 'node:fs';
+import { chmod, copyFile, lstat, lutimes, type FileHandle, mkdir, open, readdir, readlink, rename, rm, symlink, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { EnvyError } from '../errors.js';
@@ -29,6 +29,17 @@ import { watchTree } from './watcher.js';
 
 const READ_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW;
 const CREATE_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+/** The fast copy path reads through /proc/self/fd; without /proc the engine streams instead. */
+const PROC_FD_AVAILABLE = existsSync('/proc/self/fd');
+
+/**
+ * Seconds for utimes from a millisecond time. libuv keeps microseconds and truncates, and ms / 1000 as
+ * a double often lands just below the intended microsecond (…122.999 ms became …122.998): aim at the
+ * middle of the microsecond so the copy's time equals the source's.
+ */
+export function utimeSeconds(mtimeMs: number): number {
+  return (Math.round(mtimeMs * 1000) + 0.5) / 1e6;
+}
 
 export function infoFromStats(stats: Stats, linkTarget?: string): EntryInfo {
   const type = stats.isDirectory() ? 'dir' : stats.isSymbolicLink() ? 'symlink' : 'file';
@@ -75,7 +86,7 @@ export class LocalTransport implements SyncTransport {
    * Absolute path for `path` after checking that no directory on the way is a symlink. A missing
    * component is fine (the caller gets ENOENT from its own operation).
    */
-  private async resolve(path: string): Promise<string> {
+  async resolve(path: string): Promise<string> {
     const parts = checkRelativePath(path);
     let current = this.root;
     for (let i = 0; i < parts.length - 1; i++) {
@@ -188,7 +199,7 @@ export class LocalTransport implements SyncTransport {
         for await (const chunk of data) await handle.write(chunk as Buffer);
       }
       // Seconds as a number keep sub-millisecond precision, which a Date would drop.
-      await handle.utimes(options.mtimeMs / 1000, options.mtimeMs / 1000);
+      await handle.utimes(utimeSeconds(options.mtimeMs), utimeSeconds(options.mtimeMs));
       info = infoFromStats(await handle.stat());
       // The umask may have narrowed the mode given to open(); set exactly what the source has.
       if (info.mode !== (options.mode & 0o7777)) {
@@ -207,6 +218,41 @@ export class LocalTransport implements SyncTransport {
     } catch (error) {
       await unlink(temp).catch(() => undefined);
       throw error;
+    }
+    return info;
+  }
+
+  /**
+   * Copy in the kernel (copy_file_range, or a reflink where the filesystem shares extents): one
+   * thread-pool round trip for the data instead of a read and a write through JS. copyFile() opens its
+   * source by path and would follow a symlink swapped in after our lstat, so the source is opened here
+   * with O_NOFOLLOW and copied through /proc/self/fd, which names that very file. O_NONBLOCK keeps a
+   * FIFO swapped in from blocking a pool thread; the fstat then refuses anything but a regular file.
+   * The temp file is created O_EXCL (never through a planted link); copyFile gives it the source's
+   * mode with fchmod, so no umask narrows it, and lutimes sets its time without following a link.
+   */
+  async copyFrom(from: SyncTransport, path: string, options: WriteOptions): Promise<EntryInfo | null> {
+    if (!(from instanceof LocalTransport) || !PROC_FD_AVAILABLE) return null;
+    const source = await open(await from.resolve(path), READ_FLAGS | constants.O_NONBLOCK);
+    const abs = await this.resolve(path);
+    const temp = this.tempPathFor(abs);
+    let info: EntryInfo;
+    try {
+      const stats = await source.stat();
+      if (!stats.isFile()) {
+        // Reported as vanished: the engine then looks at the path again and finds what is there now.
+        throw Object.assign(new Error(`sync: ${path} in ${from.root} is no longer a regular file`), { code: 'ENOENT' });
+      }
+      await copyFile(`/proc/self/fd/${source.fd}`, temp, constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE);
+      await lutimes(temp, utimeSeconds(options.mtimeMs), utimeSeconds(options.mtimeMs));
+      await rename(temp, abs);
+      // What was written: copyFile copies the whole open file and gives it that file's mode; the time is ours.
+      info = { type: 'file', mode: stats.mode & 0o7777, size: stats.size, mtimeMs: options.mtimeMs };
+    } catch (error) {
+      await unlink(temp).catch(() => undefined);
+      throw error;
+    } finally {
+      await source.close();
     }
     return info;
   }
@@ -259,7 +305,7 @@ export class LocalTransport implements SyncTransport {
     const handle = await open(await this.resolve(path), READ_FLAGS);
     try {
       const stats = await handle.stat();
-      await handle.utimes(stats.atimeMs / 1000, mtimeMs / 1000);
+      await handle.utimes(utimeSeconds(stats.atimeMs), utimeSeconds(mtimeMs));
     } finally {
       await handle.close();
     }

@@ -73,6 +73,12 @@ export interface SyncTransport {
   openRead(path: string): Promise<Readable>;
   /** Replace `path` atomically with these bytes: readers see the old file or the new, never a torn one. */
   writeFile(path: string, data: Buffer | Readable, options: WriteOptions): Promise<EntryInfo>;
+  /**
+   * Optional fast path: replace `path` atomically with a copy of the same path on `from`, without the
+   * bytes passing through the engine. Returns null when this transport cannot read `from` directly
+   * (another kind of transport); the engine then streams. Only used when no content digest is needed.
+   */
+  copyFrom?(from: SyncTransport, path: string, options: WriteOptions): Promise<EntryInfo | null>;
   mkdir(path: string, mode: number): Promise<void>;
   /** Replace `path` atomically with a symlink pointing at `target` (stored verbatim). */
   symlink(path: string, target: string): Promise<EntryInfo>;
