@@ -1,30 +1,18 @@
 /**
  * Runs as root inside a user namespace (started by `envy-ns userns`), where a
  * layer's files have the owners the image gives them and every file can be
- * read and chowned. Two jobs, each answering with one JSON line on stdout:
+ * read and chowned. Each job answers with one JSON line on stdout:
  *   snapshot DIR EPOCH [DEST]  the deterministic tar digest of DIR (a step's upper dir), then DIR moved to DEST
  *   unpack TAR DEST LABEL  a layer tarball extracted with its owners into DEST
  *   remove PATH...       trees with files of subordinate owners (overlay work dirs, layers)
  *   own-by-root DIR      every entry of DIR chowned to 0:0 (layers made by the host user)
  * Errors go to stderr as one line and exit 1.
  */
-import { chmodSync, lchownSync, lstatSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import { lchownSync, lstatSync, readdirSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
-import { extractLayer } from '../image/extract.js';
+import { extractLayer, removeTree } from '../image/extract.js';
 import { tarTree } from '../image/export.js';
 import type { LayerSnapshot } from './userns.js';
-
-function makeRemovable(path: string): void {
-  let stats;
-  try {
-    stats = lstatSync(path);
-  } catch {
-    return;
-  }
-  if (!stats.isDirectory()) return;
-  chmodSync(path, 0o700);
-  for (const name of readdirSync(path)) makeRemovable(join(path, name));
-}
 
 async function main(argv: string[]): Promise<unknown> {
   const [job, ...args] = argv;
@@ -41,11 +29,8 @@ async function main(argv: string[]): Promise<unknown> {
     return extractLayer(args[0]!, args[1]!, { label: args[2]!, chown: true });
   }
   if (job === 'remove' && args.length > 0) {
-    for (const path of args) {
-      // Overlay leaves work/work at mode 000 and layers may hold read-only dirs: open them up first.
-      makeRemovable(path);
-      rmSync(path, { recursive: true, force: true });
-    }
+    // Overlay leaves work/work at mode 000 and layers may hold read-only dirs: removeTree opens them up.
+    for (const path of args) removeTree(path);
     return { removed: args.length };
   }
   if (job === 'own-by-root' && args.length === 1) {
