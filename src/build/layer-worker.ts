@@ -6,12 +6,15 @@
  *   unpack TAR DEST LABEL  a layer tarball extracted with its owners into DEST
  *   remove PATH...       trees with files of subordinate owners (overlay work dirs, layers)
  *   own-by-root DIR      every entry of DIR chowned to 0:0 (layers made by the host user)
+ *   export STORE KEY oci|docker-archive PATH TAG UID:GID  the image exported with the owners its layers
+ *                        mean, the output then handed to UID:GID (the invoking user, mapped inside)
  * Errors go to stderr as one line and exit 1.
  */
 import { lchownSync, lstatSync, readdirSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { extractLayer, removeTree } from '../image/extract.js';
-import { tarTree } from '../image/export.js';
+import { exportImage, tarTree } from '../image/export.js';
+import { LayerStore } from '../image/store.js';
 import type { LayerSnapshot } from './userns.js';
 
 async function main(argv: string[]): Promise<unknown> {
@@ -43,7 +46,20 @@ async function main(argv: string[]): Promise<unknown> {
     walk(args[0]!);
     return { entries };
   }
-  throw new Error(`usage: layer-worker snapshot DIR EPOCH [DEST] | unpack TAR DEST LABEL | remove PATH... | own-by-root DIR (got: ${argv.join(' ')})`);
+  if (job === 'export' && args.length === 6) {
+    const [storeRoot, key, kind, output, tag, owner] = args as [string, string, string, string, string, string];
+    const store = LayerStore.open(storeRoot);
+    const target = kind === 'oci' ? { oci: output } : { dockerArchive: output };
+    const result = await exportImage(store.readImage(key), store, target, tag ? { tag } : {});
+    const [uid, gid] = owner.split(':').map(Number) as [number, number];
+    const chownTree = (path: string): void => {
+      lchownSync(path, uid, gid);
+      if (lstatSync(path).isDirectory()) for (const name of readdirSync(path)) chownTree(join(path, name));
+    };
+    chownTree(output);
+    return result;
+  }
+  throw new Error(`usage: layer-worker snapshot DIR EPOCH [DEST] | unpack TAR DEST LABEL | remove PATH... | own-by-root DIR | export STORE KEY KIND PATH TAG UID:GID (got: ${argv.join(' ')})`);
 }
 
 main(process.argv.slice(2)).then(

@@ -9,6 +9,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { EnvyError } from '../errors.js';
 import { run } from '../exec.js';
+import type { ExportResult } from '../image/export.js';
 import type { ExtractResult } from '../image/extract.js';
 import { packageRoot } from '../package-root.js';
 import { ensureHelper } from '../runtime/namespace/helper.js';
@@ -60,4 +61,16 @@ export async function removeInUserNamespace(identity: Pick<Identity, 'uid' | 'gi
 
 export async function ownByRootInUserNamespace(identity: Pick<Identity, 'uid' | 'gid'>, dir: string): Promise<void> {
   await inUserNamespace(identity, ['own-by-root', dir], `chowning ${dir} to root`);
+}
+
+/** Export an image from inside the namespace (its layers' owners are only right there); the output is the user's. */
+export function exportInUserNamespace(
+  identity: Pick<Identity, 'uid' | 'gid'>,
+  storeRoot: string,
+  imageKey: string,
+  target: { oci: string } | { dockerArchive: string },
+  tag: string | undefined,
+): Promise<ExportResult> {
+  const [kind, path] = 'oci' in target ? ['oci', target.oci] : ['docker-archive', target.dockerArchive];
+  return inUserNamespace(identity, ['export', storeRoot, imageKey, kind, path, tag ?? '', `${identity.uid}:${identity.gid}`], `exporting to ${path}`);
 }

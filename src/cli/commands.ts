@@ -107,6 +107,27 @@ export async function runCli(argv: string[], version: string): Promise<number> {
       async (args) => setExit(await (await import('./status.js')).run(args)),
     )
     .command(
+      'export',
+      'Write the built image as an OCI layout or a docker-archive (podman load, docker load, skopeo)',
+      (y) =>
+        y
+          .option('oci', { type: 'string', describe: 'Write an OCI image layout into this (new or empty) directory' })
+          .option('docker-archive', { type: 'string', describe: 'Write a docker-archive tarball to this file' })
+          .option('tag', { type: 'string', describe: 'Image name (default: localhost/NAME:latest)' })
+          .option('progress', { choices: ['auto', 'tty', 'plain', 'quiet'] as const, default: 'auto' as const, describe: 'Progress display' })
+          .conflicts('oci', 'docker-archive'),
+      async (args) => setExit(await (await import('./export.js')).run(args)),
+    )
+    .command(
+      'gc',
+      'Remove images, layers and blobs that no environment or recent build uses',
+      (y) =>
+        y
+          .option('grace', { type: 'number', default: 600, describe: 'Keep anything newer than this many seconds (builds in flight)' })
+          .option('json', { type: 'boolean', default: false, describe: 'Machine-readable output' }),
+      async (args) => setExit(await (await import('./gc.js')).run(args)),
+    )
+    .command(
       'doctor',
       'Check that this host can run envy and say how to fix what is missing',
       (y) => y.option('json', { type: 'boolean', default: false, describe: 'Machine-readable output' }),

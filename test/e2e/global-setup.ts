@@ -9,6 +9,7 @@ import { chmodSync, cpSync, existsSync, mkdtempSync, readFileSync, rmSync } from
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { TestProject } from 'vitest/node';
+import buildOnce from '../build-once.js';
 
 const TEST_USER = 'envtest';
 const repo = resolve(import.meta.dirname, '../..');
@@ -25,6 +26,7 @@ function ensureSubordinateRange(file: string, user: string): void {
 }
 
 export default function setup(project: TestProject): () => void {
+  buildOnce();
   let root = repo;
   let cleanup = (): void => {};
   if (process.getuid?.() === 0) {

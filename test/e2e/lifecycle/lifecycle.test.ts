@@ -5,7 +5,8 @@
  * what changed, --frozen. A host base keeps it fast; the Debian test below runs
  * the README's main job on env.example.yaml.
  */
-import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { envy, envyRoot, runAsUser, userTempDir, type RunResult } from '../harness.js';
@@ -107,6 +108,18 @@ describe('envy up / exec / down on a host base', () => {
     expect(frozen.stderr).toMatch(/^envy: .*env/m);
   });
 
+  test('export refuses a host-based env; gc frees what no environment holds', async () => {
+    const exported = await run(['export', '--oci', join(project.path, 'out')]);
+    expect(exported.code).toBe(2);
+    expect(exported.stderr).toContain("based on the host's /usr");
+    ok(await run(['down', '--rm']));
+    const gc = JSON.parse(ok(await run(['gc', '--grace', '0', '--json'])).stdout) as { layers: string[]; bytesFreed: number };
+    expect(gc.layers.length).toBeGreaterThan(0);
+    expect(gc.bytesFreed).toBeGreaterThan(0);
+    // Everything went, subuid-owned layer files included (removed inside the user namespace).
+    expect(readdirSync(join(home.path, 'store/layers/sha256'))).toEqual([]);
+  });
+
   test('exec without a command is a usage error', async () => {
     const result = await run(['exec']);
     expect(result.code).toBe(2);
@@ -136,5 +149,12 @@ describe('the README main job: envy up on env.example.yaml (Debian bookworm)', (
     expect(lock).toMatch(/digest: "sha256:[0-9a-f]{64}"/);
     const again = ok(await run(['up']));
     expect(again.stdout).toMatch(/up to date and running/);
+    // The same image as an OCI layout that skopeo reads, with env.yaml's env in its config.
+    const out = join(project.path, 'oci-out');
+    expect(ok(await run(['export', '--oci', out, '--tag', 'localhost/example:test'])).stdout).toMatch(/^exported localhost\/example:test \(\d+ layers/m);
+    expect(statSync(out).uid).toBe(statSync(project.path).uid);
+    const config = JSON.parse(execFileSync('skopeo', ['inspect', '--config', `oci:${out}`], { encoding: 'utf8' })) as { config: { Env: string[] }; rootfs: { diff_ids: string[] } };
+    expect(config.config.Env).toContain('EDITOR=vi');
+    expect(config.rootfs.diff_ids.length).toBeGreaterThanOrEqual(4);
   }, 900_000);
 });
