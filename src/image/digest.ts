@@ -1,6 +1,7 @@
 /** Content digests as OCI writes them (`sha256:<64 hex>`), validated before they ever become a path. */
 import { createHash, type Hash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
+import { Transform, type TransformCallback } from 'node:stream';
 import { EnvyError } from '../errors.js';
 
 const DIGEST = /^sha256:([a-f0-9]{64})$/;
@@ -36,4 +37,18 @@ export async function sha256File(path: string): Promise<{ digest: string; size: 
     size += (chunk as Buffer).length;
   }
   return { digest: hashToDigest(hash), size };
+}
+
+/** A pass-through stream that counts and hashes what flows through it (diff_ids, blob digests). */
+export class HashingStream extends Transform {
+  readonly hash = createHash('sha256');
+  size = 0;
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    this.hash.update(chunk);
+    this.size += chunk.length;
+    callback(null, chunk);
+  }
+  digest(): string {
+    return `sha256:${this.hash.digest('hex')}`;
+  }
 }

@@ -10,14 +10,14 @@
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream, lstatSync, mkdirSync, readdirSync, readlinkSync, renameSync, rmSync, statSync, writeFileSync, type Stats } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
-import { Transform, Writable, type TransformCallback } from 'node:stream';
+import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import * as tar from 'tar-stream';
 import { EnvyError } from '../errors.js';
 import { run } from '../exec.js';
 import { fsyncDir } from '../state/atomic.js';
-import { digestHex } from './digest.js';
+import { digestHex, HashingStream } from './digest.js';
 import { removeTree } from './extract.js';
 import { MediaType } from './media-types.js';
 import type { OciImageConfig } from './oci.js';
@@ -48,19 +48,6 @@ function epochFromEnv(): number | undefined {
     throw new EnvyError('USAGE', `SOURCE_DATE_EPOCH="${value}" is not a number of seconds`, { hint: 'set it to e.g. $(git log -1 --format=%ct)' });
   }
   return Number(value);
-}
-
-class Hasher extends Transform {
-  readonly hash = createHash('sha256');
-  size = 0;
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    this.hash.update(chunk);
-    this.size += chunk.length;
-    callback(null, chunk);
-  }
-  digest(): string {
-    return `sha256:${this.hash.digest('hex')}`;
-  }
 }
 
 /** Directories of `root` carrying the opaque xattr (one getfattr for the whole tree). */
@@ -101,8 +88,8 @@ export async function tarTree(
   const meta = ownership;
   const opaque = await opaqueDirs(root);
   const pack = tar.pack();
-  const tarHash = new Hasher();
-  const blobHash = new Hasher();
+  const tarHash = new HashingStream();
+  const blobHash = new HashingStream();
   const source = pack as unknown as NodeJS.ReadableStream;
   const sink = (): NodeJS.WritableStream => (output === undefined ? new Writable({ write: (_chunk, _encoding, done) => done() }) : createWriteStream(output));
   const writing = options.gzip ? pipeline(source, tarHash, createGzip({ level: 6 }), blobHash, sink()) : pipeline(source, tarHash, sink());

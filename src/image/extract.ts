@@ -11,7 +11,6 @@
  * `user.overlay.opaque=y` (the runtime mounts with `userxattr`). Node has no
  * mknod/setxattr, so both are made in one batched `mknod`/`setfattr` call each.
  */
-import { createHash } from 'node:crypto';
 import {
   chmodSync,
   closeSync,
@@ -36,12 +35,13 @@ import {
   futimesSync,
 } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { Readable, Transform, type TransformCallback } from 'node:stream';
+import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import * as tar from 'tar-stream';
 import { EnvyError } from '../errors.js';
 import { run } from '../exec.js';
+import { HashingStream } from './digest.js';
 import { sniffCompression, type Compression } from './media-types.js';
 import { tempName } from './temp.js';
 
@@ -213,16 +213,6 @@ async function peek(stream: Readable, length: number): Promise<{ head: Buffer; s
   return { head, stream: Readable.from(replay(), { objectMode: false }) };
 }
 
-/** Counts and hashes the uncompressed tar as it flows into the parser. */
-class DiffIdHasher extends Transform {
-  readonly hash = createHash('sha256');
-  size = 0;
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    this.hash.update(chunk);
-    this.size += chunk.length;
-    callback(null, chunk);
-  }
-}
 
 interface PendingDir {
   path: string;
@@ -253,7 +243,7 @@ class LayerWriter {
   }
 
   async write(stream: Readable): Promise<ExtractResult> {
-    const hasher = new DiffIdHasher();
+    const hasher = new HashingStream();
     const extract = tar.extract();
     const feeding = pipeline(stream, hasher, extract);
     // The loop below may stop early on a bad entry; the pipeline's own error then is secondary.
@@ -272,7 +262,7 @@ class LayerWriter {
     }
     return {
       ...this.result,
-      diffId: `sha256:${hasher.hash.digest('hex')}`,
+      diffId: hasher.digest(),
       tarSize: hasher.size,
       whiteouts: [...this.whiteouts].sort(),
       opaqueDirs: [...this.opaque].sort(),
