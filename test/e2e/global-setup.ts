@@ -11,7 +11,8 @@ import { join, resolve } from 'node:path';
 import type { TestProject } from 'vitest/node';
 import buildOnce from '../build-once.js';
 
-const TEST_USER = 'envtest';
+// ENVY_TEST_USER lets concurrent suites (several worktrees on one machine) keep their processes apart.
+const TEST_USER = process.env.ENVY_TEST_USER ?? 'envtest';
 const repo = resolve(import.meta.dirname, '../..');
 
 function ensureSubordinateRange(file: string, user: string): void {
