@@ -107,6 +107,23 @@ export async function runCli(argv: string[], version: string): Promise<number> {
       async (args) => setExit(await (await import('./status.js')).run(args)),
     )
     .command(
+      'sync',
+      'Show the state of a watch-synced workspace; --flush waits until every change is applied',
+      (y) =>
+        y
+          .option('flush', { type: 'boolean', default: false, describe: 'Wait until everything pending is applied' })
+          .option('timeout', { type: 'number', describe: 'With --flush: give up after this many seconds' })
+          .option('json', { type: 'boolean', default: false, describe: 'Machine-readable output' }),
+      async (args) => setExit(await (await import('./sync.js')).run(args)),
+    )
+    // The per-environment sync process that `envy up` starts (workspace.sync: watch); not for people.
+    .command(
+      '__sync <id>',
+      false,
+      (y) => y.positional('id', { type: 'string', demandOption: true }),
+      async (args) => setExit(await (await import('./sync.js')).runDaemon({ id: args.id })),
+    )
+    .command(
       'export',
       'Write the built image as an OCI layout or a docker-archive (podman load, docker load, skopeo)',
       (y) =>

@@ -3,6 +3,7 @@ import { diskUsage } from '../image/store.js';
 import { NamespaceRuntime } from '../runtime/namespace/runtime.js';
 import { environmentPaths, listRecords } from '../state/environments.js';
 import { formatBytes } from './ui/events.js';
+import { describeSync, syncReport } from '../env/workspace-sync.js';
 
 export async function run(args: { json: boolean }): Promise<number> {
   const runtime = new NamespaceRuntime();
@@ -15,7 +16,8 @@ export async function run(args: { json: boolean }): Promise<number> {
     } catch {
       // Files of subordinate owners may be unreadable; the figure is then a lower bound.
     }
-    rows.push({ ...record, state: status.state, pid: status.pid, startedAt: status.startedAt, diskBytes: disk });
+    const sync = record.sync ? syncReport(record.id) : undefined;
+    rows.push({ ...record, state: status.state, pid: status.pid, startedAt: status.startedAt, diskBytes: disk, ...(sync ? { syncStatus: sync } : {}) });
   }
   if (args.json) {
     process.stdout.write(`${JSON.stringify({ environments: rows }, null, 2)}\n`);
@@ -30,7 +32,7 @@ export async function run(args: { json: boolean }): Promise<number> {
     const s = Math.max(0, Math.round((Date.now() - Date.parse(startedAt)) / 1000));
     return s < 60 ? `${s}s` : s < 3600 ? `${Math.floor(s / 60)}m` : `${Math.floor(s / 3600)}h${Math.floor((s % 3600) / 60)}m`;
   };
-  const table = [['NAME', 'STATE', 'UPTIME', 'DISK', 'PROJECT'], ...rows.map((r) => [r.name, r.state, uptime(r.startedAt), formatBytes(r.diskBytes), r.projectDir])];
+  const table = [['NAME', 'STATE', 'UPTIME', 'DISK', 'SYNC', 'PROJECT'], ...rows.map((r) => [r.name, r.state, uptime(r.startedAt), formatBytes(r.diskBytes), r.syncStatus ? describeSync(r.syncStatus) : '-', r.projectDir])];
   const widths = table[0]!.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
   process.stdout.write(`${table.map((row) => row.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n')}\n`);
   return 0;

@@ -27,6 +27,7 @@ import {
 } from '../state/environments.js';
 import { acquireLock, type Lock } from '../state/lock.js';
 import { buildProject } from './build.js';
+import { flushWorkspaceSync, startWorkspaceSync, stopWorkspaceSync, syncSettings, workspaceSyncPaths } from './workspace-sync.js';
 
 export const STOP_GRACE_MS = 10_000;
 
@@ -43,8 +44,9 @@ export function environmentConfig(id: string, spec: EnvSpec, projectDir: string,
   const paths = environmentPaths(id);
   const mounts: MountRequest[] = [];
   if (image.config.labels?.[HOST_BASE_LABEL]) mounts.push({ type: 'bind', source: '/usr', target: '/usr', readonly: true });
-  // `sync: watch` (a private synced copy) is not wired into the runtime yet: until it is, bind (up() says so).
-  mounts.push({ type: 'bind', source: projectDir, target: spec.workspace.path });
+  // `sync: watch`: the environment sees a private copy that envy __sync keeps in step (workspace-sync.ts).
+  const workspaceSource = spec.workspace.sync === 'watch' ? workspaceSyncPaths(id).copy : projectDir;
+  mounts.push({ type: 'bind', source: workspaceSource, target: spec.workspace.path });
   for (const mount of spec.mounts) {
     if (mount.type === 'volume') {
       const source = join(paths.volumes, mount.name);
@@ -118,12 +120,16 @@ export async function up(project: Project, options: { frozen: boolean; reporter:
     if (unchanged && previous) {
       // Records written before the exec fast path existed lack its data: add it, nothing else changes.
       if (!previous.exec) writeRecord({ ...previous, exec: { identity: build.identity, workdir: spec.workdir, env: processEnv(image, build.identity, false), resources: spec.resources } });
+      // The sync process may have died (killed, crashed) while the environment ran on: bring it back.
+      if (previous.sync) await startWorkspaceSync(id);
       return { record: previous, config, image, identity: build.identity, spec, unchanged: true, built: 0, notes };
     }
     if (running) {
       notes.push('env.yaml changed: restarting the environment');
       await runtime.stop(config, STOP_GRACE_MS);
     }
+    // A sync process belongs to one configuration of the workspace: restart it with the new one.
+    await stopWorkspaceSync(id);
     let created = previous?.created ?? false;
     if (previous?.imageKey && previous.imageKey !== image.key && existsSync(paths.upper)) {
       // A writable layer belongs to the image it was made on: over another image its whiteouts and copies lie.
@@ -146,8 +152,15 @@ export async function up(project: Project, options: { frozen: boolean; reporter:
       created,
       exec: { identity: build.identity, workdir: spec.workdir, env: processEnv(image, build.identity, false), resources: spec.resources },
     };
+    if (spec.workspace.sync === 'watch') record.sync = syncSettings(source.dir, spec.workspace);
     writeRecord(record);
     await build.store.setRefs(id, [image.key]);
+    if (record.sync) {
+      // The environment starts on a complete copy: hooks and the first shell see the sources.
+      options.reporter.report({ type: 'message', text: `syncing ${source.dir} into the environment (workspace.sync: watch, ${record.sync.direction})` });
+      await startWorkspaceSync(id);
+      await flushWorkspaceSync(id);
+    }
     await runtime.start(config);
     const prepared: PreparedEnvironment = { record, config, image, identity: build.identity, spec };
     if (!record.created) {
@@ -156,7 +169,6 @@ export async function up(project: Project, options: { frozen: boolean; reporter:
       writeRecord(record);
     }
     await runHooks(prepared, runtime, 'postStart', spec.hooks.postStart);
-    if (spec.workspace.sync === 'watch') notes.push('workspace.sync: watch is not wired into the runtime yet; the workspace is bind-mounted');
     if (spec.services.length > 0) notes.push(`services (${spec.services.map((s) => s.name).join(', ')}) are not supervised by this version of envy yet; start them with envy exec`);
     return { ...prepared, unchanged: false, built: build.built.length, notes };
   } finally {
@@ -210,6 +222,7 @@ export async function down(project: Project, options: { remove: boolean; runtime
     const config: EnvironmentConfig = { id, hostname: record.name, rootfs: { layers: [] }, mounts: [], network: 'host', resources: {} };
     const wasRunning = (await runtime.status(config)).state === 'running';
     if (wasRunning) await runtime.stop(config, STOP_GRACE_MS);
+    await stopWorkspaceSync(id);
     if (!options.remove) return { id, wasRunning, removed: false };
     const { planIdentity } = await import('./build.js');
     const { compilePlan } = await import('../plan/compile.js');

@@ -37,6 +37,12 @@ export interface EnvironmentRecord {
     env: Record<string, string>;
     resources: { memory?: number; pids?: number; cpus?: number };
   };
+  /** `workspace.sync: watch`: the environment sees a private copy of `source`, kept in step by `envy __sync`. */
+  sync?: {
+    source: string;
+    direction: 'one-way' | 'two-way';
+    ignore: string[];
+  };
 }
 
 export function environmentsDir(): string {

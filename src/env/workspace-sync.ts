@@ -1,0 +1,308 @@
+/**
+ * `workspace.sync: watch` for an environment: a private copy of the project under the environment's
+ * state dir, bind-mounted into it in place of the project, kept in step by the sync engine running in
+ * a small detached process per environment (`envy __sync ID`).
+ *
+ * Why a process of its own: the copy must follow the host tree while no envy command runs, and envy
+ * has no daemon. It lives exactly as long as the environment: `down` stops it, and it exits by itself
+ * when it sees the environment gone (a crash, `kill`, a reboot leaves nothing behind to clean up).
+ *
+ * How the CLI talks to it, without a socket (a unix socket path under a deep state dir can exceed the
+ * 108-byte limit): it writes its status to a file (atomically, on every state change), and a flush is
+ * a request file plus SIGUSR1. The process snapshots the request files, flushes, then removes them:
+ * the flush began after the request existed, so a removed request means everything the host held
+ * when it was made has been applied.
+ */
+import { spawn } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { EnvyError, ExitCode } from '../errors.js';
+import { packageRoot } from '../package-root.js';
+import { writeFileAtomic } from '../state/atomic.js';
+import { environmentPaths, readRecord, type EnvironmentRecord } from '../state/environments.js';
+import { acquireLock, isAlive, type LockOwner } from '../state/lock.js';
+import type { SyncStatus } from '../sync/engine.js';
+
+export interface WorkspaceSyncPaths {
+  /** The private copy the environment sees at workspace.path. */
+  copy: string;
+  /** The engine's persisted state (the agreed state of two-way sync). */
+  state: string;
+  /** Held by the running sync process (pid + start time). */
+  lock: string;
+  status: string;
+  requests: string;
+  log: string;
+}
+
+export function workspaceSyncPaths(id: string): WorkspaceSyncPaths {
+  const paths = environmentPaths(id);
+  return {
+    copy: join(paths.root, 'workspace'),
+    state: join(paths.root, 'sync'),
+    lock: join(paths.run, 'sync.lock'),
+    status: join(paths.run, 'sync-status.json'),
+    requests: join(paths.run, 'sync-requests'),
+    log: join(paths.logs, 'sync.log'),
+  };
+}
+
+/** What `envy status` and `envy sync` show. */
+export interface WorkspaceSyncReport extends Partial<SyncStatus> {
+  running: boolean;
+  pid?: number;
+  updatedAt?: string;
+}
+
+function readOwner(id: string): LockOwner | undefined {
+  try {
+    const owner = JSON.parse(readFileSync(workspaceSyncPaths(id).lock, 'utf8')) as LockOwner;
+    return isAlive(owner) ? owner : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export function syncReport(id: string): WorkspaceSyncReport {
+  const owner = readOwner(id);
+  let status: Partial<SyncStatus> & { updatedAt?: string } = {};
+  try {
+    status = JSON.parse(readFileSync(workspaceSyncPaths(id).status, 'utf8')) as typeof status;
+  } catch {
+    // not written yet
+  }
+  if (!owner) return { ...status, running: false, state: 'stopped', pending: 0 };
+  return { ...status, running: true, pid: owner.pid };
+}
+
+/** One line for people: `in sync`, `syncing 12 files`, `2 conflicts`, `stopped`. */
+export function describeSync(report: WorkspaceSyncReport): string {
+  if (!report.running) return 'stopped';
+  const parts: string[] = [];
+  if (report.state === 'starting') parts.push('initial sync');
+  else if ((report.pending ?? 0) > 0 || report.state === 'syncing') parts.push(`syncing ${report.pending ?? 0} file${report.pending === 1 ? '' : 's'}`);
+  else parts.push('in sync');
+  const conflicts = report.conflicts?.length ?? 0;
+  if (conflicts > 0) parts.push(`${conflicts} conflict${conflicts === 1 ? '' : 's'}`);
+  if (report.lastError) parts.push(`error: ${report.lastError}`);
+  return parts.join(', ');
+}
+
+/** Start the environment's sync process unless one runs; resolves once it holds its lock. */
+export async function startWorkspaceSync(id: string): Promise<void> {
+  if (readOwner(id)) return;
+  const paths = workspaceSyncPaths(id);
+  mkdirSync(paths.copy, { recursive: true });
+  mkdirSync(join(paths.log, '..'), { recursive: true });
+  mkdirSync(paths.requests, { recursive: true });
+  const log = openSync(paths.log, 'a');
+  try {
+    const child = spawn(process.execPath, [join(packageRoot(), 'bin', 'envy.js'), '__sync', id], {
+      detached: true,
+      stdio: ['ignore', log, log],
+      env: process.env,
+    });
+    child.unref();
+    const deadline = Date.now() + 10_000;
+    while (!readOwner(id)) {
+      if (child.exitCode !== null || Date.now() > deadline) {
+        throw new EnvyError('INTERNAL', `the workspace sync process for ${id} did not start`, { hint: `its log: ${paths.log}` });
+      }
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  } finally {
+    closeSync(log);
+  }
+}
+
+/**
+ * Wait until the sync process has applied everything the host held when this was called (the initial
+ * sync included). Fails when it is not running or dies while we wait.
+ */
+export async function flushWorkspaceSync(id: string, options: { timeoutMs?: number } = {}): Promise<WorkspaceSyncReport> {
+  const owner = readOwner(id);
+  if (!owner) {
+    throw new EnvyError('STATE', `the workspace sync of ${id} is not running`, { hint: 'envy up starts it', exitCode: ExitCode.CommandFailed });
+  }
+  const paths = workspaceSyncPaths(id);
+  mkdirSync(paths.requests, { recursive: true });
+  const request = join(paths.requests, `${process.pid}-${Math.random().toString(36).slice(2)}`);
+  writeFileSync(request, '');
+  try {
+    process.kill(owner.pid, 'SIGUSR1');
+    const deadline = Date.now() + (options.timeoutMs ?? Infinity);
+    while (existsSync(request)) {
+      if (!isAlive(owner)) throw new EnvyError('STATE', `the workspace sync process of ${id} exited before the flush finished`, { hint: `its log: ${paths.log}` });
+      if (Date.now() > deadline) throw new EnvyError('BUSY', `the workspace sync of ${id} did not finish within ${options.timeoutMs} ms`, { hint: `envy sync shows what it is doing; its log: ${paths.log}` });
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+  } finally {
+    rmSync(request, { force: true });
+  }
+  return syncReport(id);
+}
+
+/** Stop the sync process (SIGTERM, then SIGKILL after `graceMs`). */
+export async function stopWorkspaceSync(id: string, graceMs = 5_000): Promise<void> {
+  const owner = readOwner(id);
+  if (!owner) return;
+  try {
+    process.kill(owner.pid, 'SIGTERM');
+  } catch {
+    return;
+  }
+  const deadline = Date.now() + graceMs;
+  while (isAlive(owner)) {
+    if (Date.now() > deadline) {
+      try {
+        process.kill(owner.pid, 'SIGKILL');
+      } catch {
+        // gone meanwhile
+      }
+      break;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+/**
+ * The body of `envy __sync ID`: sync the project into the environment's copy until stopped or until
+ * the environment is gone. Output goes to the sync log.
+ */
+export async function runWorkspaceSync(id: string): Promise<number> {
+  const record = readRecord(id);
+  if (!record?.sync) {
+    process.stderr.write(`envy __sync: environment ${id} has no workspace sync configured\n`);
+    return 2;
+  }
+  const paths = workspaceSyncPaths(id);
+  let lock;
+  try {
+    lock = await acquireLock(paths.lock, { purpose: 'workspace sync', timeoutMs: 0 });
+  } catch {
+    return 0; // another sync process of this environment runs
+  }
+  const log = (line: string): void => {
+    process.stderr.write(`${new Date().toISOString()} ${line}\n`);
+  };
+  const { SyncEngine, LocalTransport } = await import('../sync/index.js');
+  const engine = new SyncEngine({
+    source: new LocalTransport(record.sync.source),
+    target: new LocalTransport(paths.copy),
+    direction: record.sync.direction,
+    ignore: record.sync.ignore,
+    stateDir: paths.state,
+  });
+  let lastWrite = 0;
+  let writeTimer: NodeJS.Timeout | undefined;
+  const writeStatus = (): void => {
+    if (writeTimer) return;
+    // Coalesce bursts (thousands of files) into one write per 100 ms.
+    const wait = Math.max(0, lastWrite + 100 - Date.now());
+    writeTimer = setTimeout(() => {
+      writeTimer = undefined;
+      lastWrite = Date.now();
+      writeFileAtomic(paths.status, `${JSON.stringify({ ...engine.status(), updatedAt: new Date().toISOString() })}\n`);
+    }, wait);
+  };
+  engine.on('state', writeStatus);
+  engine.on('applied', writeStatus);
+  engine.on('warning', (message) => log(`warning: ${message}`));
+  engine.on('error', (error) => {
+    log(`error: ${error.message}`);
+    writeStatus();
+  });
+  engine.on('conflict', (conflict) => {
+    log(`conflict: ${conflict.path} changed on both sides; the environment's version is ${conflict.conflictPath}`);
+    writeStatus();
+  });
+
+  let stopping: Promise<void> | undefined;
+  let finish!: () => void;
+  const done = new Promise<void>((resolve) => (finish = resolve));
+  const stop = (why: string): Promise<void> =>
+    (stopping ??= (async () => {
+      log(`stopping: ${why}`);
+      clearInterval(liveness);
+      await engine.stop().catch((error: Error) => log(`error while stopping: ${error.message}`));
+      if (writeTimer) clearTimeout(writeTimer);
+      writeFileAtomic(paths.status, `${JSON.stringify({ ...engine.status(), updatedAt: new Date().toISOString() })}\n`);
+      lock.release();
+      finish();
+    })());
+
+  let flushing = false;
+  let again = false;
+  const serveFlushes = async (): Promise<void> => {
+    if (flushing) {
+      again = true;
+      return;
+    }
+    flushing = true;
+    try {
+      do {
+        again = false;
+        const requests = readdirSync(paths.requests);
+        if (requests.length === 0) continue;
+        await engine.flush();
+        writeFileAtomic(paths.status, `${JSON.stringify({ ...engine.status(), updatedAt: new Date().toISOString() })}\n`);
+        for (const name of requests) rmSync(join(paths.requests, name), { force: true });
+      } while (again);
+    } catch (error) {
+      log(`error while flushing: ${(error as Error).message}`);
+    } finally {
+      flushing = false;
+    }
+  };
+
+  // Requests made before the engine started are served once the initial sync is done.
+  process.on('SIGUSR1', () => {
+    if (engine.status().state !== 'starting' && engine.status().state !== 'stopped') void serveFlushes();
+  });
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGHUP', () => void stop('SIGHUP'));
+
+  // The environment's init is checked every second. `up` starts this process just before the
+  // environment, so "not running" alone means nothing at first: it counts once the environment has
+  // been seen running, or once its pid file is newer than this process (it started and died between
+  // two checks), or after a minute in which it never came up.
+  const startedAt = Date.now();
+  let seenRunning = false;
+  const { NamespaceRuntime } = await import('../runtime/namespace/runtime.js');
+  const { pidFile } = await import('../runtime/namespace/state.js');
+  const runtime = new NamespaceRuntime();
+  const startedSinceUs = (): boolean => {
+    try {
+      return statSync(pidFile(id)).mtimeMs >= startedAt;
+    } catch {
+      return false;
+    }
+  };
+  const liveness = setInterval(() => {
+    void runtime.status({ id, hostname: record.name, rootfs: { layers: [] }, mounts: [], network: 'host', resources: {} }).then((status) => {
+      if (status.state === 'running') seenRunning = true;
+      else if (seenRunning || startedSinceUs() || Date.now() - startedAt > 60_000) void stop('the environment is not running');
+    });
+  }, 1_000);
+
+  log(`syncing ${record.sync.source} -> ${paths.copy} (${record.sync.direction})`);
+  try {
+    await engine.start();
+  } catch (error) {
+    log(`error: the initial sync failed: ${(error as Error).message}`);
+    await stop('the initial sync failed');
+    return 1;
+  }
+  log(`initial sync done: ${engine.status().applied} paths applied`);
+  writeStatus();
+  await serveFlushes();
+  await done;
+  return 0;
+}
+
+/** The record's description of a watch-synced workspace. */
+export function syncSettings(projectDir: string, workspace: { direction: 'one-way' | 'two-way'; ignore: string[] }): NonNullable<EnvironmentRecord['sync']> {
+  return { source: projectDir, direction: workspace.direction, ignore: workspace.ignore };
+}
+
