@@ -95,6 +95,18 @@ export async function runCli(argv: string[], version: string): Promise<number> {
       async (args) => setExit(await (await import('./exec.js')).runShell(args)),
     )
     .command(
+      'ssh-config',
+      'Print an OpenSSH Host entry for the environment (for ~/.ssh/config, VS Code Remote-SSH, Gateway)',
+      (y) => y.option('host', { type: 'string', describe: 'Host name of the entry (default: envy-NAME)' }),
+      async (args) => setExit(await (await import('./attach.js')).runSshConfig(args)),
+    )
+    .command(
+      'attach',
+      'Run the environment\'s sshd on stdin/stdout (the ProxyCommand of envy ssh-config)',
+      (y) => y.option('stdio', { type: 'boolean', default: false, describe: 'Speak SSH on stdin/stdout' }),
+      async (args) => setExit(await (await import('./attach.js')).run(args)),
+    )
+    .command(
       'down',
       'Stop the environment; --rm also deletes its writable layer and volumes',
       (y) => y.option('rm', { type: 'boolean', default: false, describe: 'Remove the environment too' }),
