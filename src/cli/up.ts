@@ -1,5 +1,6 @@
 /** `envy up`: build what changed, start the environment, run the hooks that are due, and say how to enter. */
 import { up } from '../env/environment.js';
+import { EnvyError } from '../errors.js';
 import { loadProject } from './project.js';
 import { createReporter, type ProgressMode } from './ui/reporter.js';
 
@@ -17,7 +18,15 @@ export async function run(args: UpArgs): Promise<number> {
   const onInterrupt = (): void => abort.abort(new Error('interrupted'));
   process.once('SIGINT', onInterrupt);
   try {
-    const result = await up(project, { frozen: args.frozen, reporter, signal: abort.signal });
+    let result;
+    try {
+      result = await up(project, { frozen: args.frozen, reporter, signal: abort.signal });
+    } catch (error) {
+      // Ctrl-C reaches the build step or hook too (same process group), which then fails: that failure
+      // is the interruption, not a step's fault.
+      if (abort.signal.aborted) throw new EnvyError('INTERRUPTED', 'interrupted: envy up stopped (finished build steps stay cached; the step that was running left nothing behind)', { hint: 'run envy up again to continue' });
+      throw error;
+    }
     await reporter.close();
     if (args.quiet) return 0;
     const lines = result.unchanged

@@ -126,6 +126,12 @@ export function imageKeyForDigest(digest: string): string {
 }
 
 export class LayerStore {
+  /**
+   * Temp dirs of killed processes that the sweep could not remove: a build step's scratch holds files of
+   * subordinate owners, which only the user namespace can delete (the build removes them there).
+   */
+  readonly leftovers: string[] = [];
+
   private constructor(readonly root: string) {}
 
   /** Open (creating if needed) the store and sweep what killed processes left behind. */
@@ -500,7 +506,13 @@ export class LayerStore {
       const path = join(this.root, dir);
       for (const name of readdirSync(path)) {
         if (name.startsWith(TEMP_PREFIX)) {
-          if (!tempOwnerAlive(name)) removeTree(join(path, name));
+          if (!tempOwnerAlive(name)) {
+            try {
+              removeTree(join(path, name));
+            } catch {
+              this.leftovers.push(join(path, name));
+            }
+          }
           continue;
         }
         // writeFileAtomic's temps: .<name>.<pid>.<ms>.tmp
