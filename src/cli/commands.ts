@@ -148,6 +148,16 @@ export async function runCli(argv: string[], version: string): Promise<number> {
       async (args) => setExit(await (await import('./export.js')).run(args)),
     )
     .command(
+      'devcontainer',
+      'Write .devcontainer/devcontainer.json (Dev Containers spec) with the built image saved next to it',
+      (y) =>
+        y
+          .option('force', { type: 'boolean', default: false, describe: 'Replace an existing devcontainer.json' })
+          .option('load', { choices: ['podman', 'docker'] as const, describe: 'Also load the image into podman or docker' })
+          .option('progress', { choices: ['auto', 'tty', 'plain', 'quiet'] as const, default: 'auto' as const, describe: 'Progress display' }),
+      async (args) => setExit(await (await import('./devcontainer.js')).run(args)),
+    )
+    .command(
       'gc',
       'Remove images, layers and blobs that no environment or recent build uses',
       (y) =>
