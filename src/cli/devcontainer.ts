@@ -2,7 +2,7 @@
  * `envy devcontainer`: write .devcontainer/devcontainer.json for editors that speak the Dev Containers
  * spec, with envy's image saved next to it as a docker-archive (`--load` loads it into podman or docker).
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join, relative } from 'node:path';
 import { HOST_BASE_LABEL } from '../build/executor.js';
@@ -50,6 +50,8 @@ export async function run(args: DevcontainerArgs): Promise<number> {
     user: build.identity.name,
     bindSource: (source) => resolveBindSource(source, project.source.dir, homedir()),
   });
+  // Made here, as the user: the export runs as root of the user namespace and would own a dir it made.
+  mkdirSync(dir, { recursive: true });
   const archive = join(dir, ARCHIVE_NAME);
   const tag = imageReference(project.spec.name, build.image.key);
   await exportInUserNamespace(build.identity, build.store.root, build.image.key, { dockerArchive: archive }, tag);
