@@ -65,7 +65,9 @@ export async function runSshConfig(args: { file?: string; host?: string }): Prom
   const identity = planIdentity(compilePlan(project.spec, project.source.dir, project.lock));
   const paths = await attach.ensureKeys(id);
   const envy = [process.execPath, realpathSync(process.argv[1] ?? 'envy')];
-  const proxy = [...envy, 'attach', '--stdio', '--file', project.source.file].map(attach.shQuote).join(' ');
+  // An editor launched from the desktop has none of this shell's variables: pin where the state lives.
+  const pinned = ['ENVY_HOME', 'XDG_DATA_HOME', 'XDG_CACHE_HOME'].filter((k) => process.env[k]?.startsWith('/')).map((k) => `${k}=${process.env[k]}`);
+  const proxy = [...(pinned.length > 0 ? ['/usr/bin/env', ...pinned] : []), ...envy, 'attach', '--stdio', '--file', project.source.file].map(attach.shQuote).join(' ');
   const host = args.host ?? `envy-${project.spec.name}`;
   if (!/^[A-Za-z0-9._-]+$/.test(host)) throw new EnvyError('USAGE', `--host ${host}: use letters, digits, '.', '_' and '-' only`);
   process.stdout.write(
