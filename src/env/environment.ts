@@ -220,7 +220,14 @@ export async function ensureRunning(project: Project, reporter: Reporter, runtim
 export async function down(project: Project, options: { remove: boolean; runtime?: NamespaceRuntime }): Promise<{ id: string; wasRunning: boolean; removed: boolean }> {
   const id = environmentId(project.source.dir, project.spec.name);
   const record = readRecord(id);
-  if (!record) return { id, wasRunning: false, removed: false };
+  if (!record) {
+    // `envy ssh-config` before any `up` leaves keys behind: --rm forgets those too.
+    if (options.remove && existsSync(environmentPaths(id).root)) {
+      removeEnvironmentDir(id);
+      return { id, wasRunning: false, removed: true };
+    }
+    return { id, wasRunning: false, removed: false };
+  }
   const runtime = options.runtime ?? new NamespaceRuntime();
   const lock = await lockEnvironment(id, undefined);
   try {
