@@ -128,6 +128,16 @@ export async function up(project: Project, options: { frozen: boolean; reporter:
       if (!previous.exec) writeRecord({ ...previous, exec: { identity: build.identity, workdir: spec.workdir, env: processEnv(image, build.identity, false), resources: spec.resources } });
       // The sync process may have died (killed, crashed) while the environment ran on: bring it back.
       if (previous.sync) await startWorkspaceSync(id);
+      if (!previous.created) {
+        // The last up started it but its onCreate failed or was interrupted: finish that, once.
+        const prepared: PreparedEnvironment = { record: previous, config, image, identity: build.identity, spec };
+        notes.push('hooks.onCreate did not complete last time: running it now');
+        await runHooks(prepared, runtime, 'onCreate', spec.hooks.onCreate);
+        previous.created = true;
+        writeRecord(previous);
+        await runHooks(prepared, runtime, 'postStart', spec.hooks.postStart);
+        return { ...prepared, unchanged: false, built: 0, notes };
+      }
       return { record: previous, config, image, identity: build.identity, spec, unchanged: true, built: 0, notes };
     }
     if (running) {

@@ -200,6 +200,26 @@ describe('robustness of envy up', () => {
     }
   });
 
+  test('Ctrl-C during hooks.onCreate: exit 130, and the next up runs onCreate to the end', async () => {
+    ok(await run(['down', '--rm']));
+    writeFileSync(
+      join(project.path, 'env.yaml'),
+      ['name: robust', 'base: {host: true}', 'hooks:', `  onCreate: echo begun >> /var/tmp/created && sleep ${MARK} && echo done >> /var/tmp/created`, '  postStart: echo started >> /var/tmp/starts', ''].join('\n'),
+    );
+    const up = start(['up']);
+    await waitFor('the slow onCreate hook', slowStep, 60_000);
+    process.kill(-up.child.pid!, 'SIGINT');
+    const result = await up.done;
+    expect(result.code, result.stderr).toBe(130);
+    expect(result.stderr).toMatch(/^envy: interrupted/m);
+    // The environment itself runs on (it had started); only the hook was stopped.
+    expect(ok(await run(['exec', '--', 'cat', '/var/tmp/created'])).stdout).toBe('begun\n');
+    const again = ok(await run(['up']));
+    expect(again.stdout).toContain('hooks.onCreate did not complete last time: running it now');
+    expect(ok(await run(['exec', '--', 'cat', '/var/tmp/created'])).stdout).toBe('begun\nbegun\ndone\n');
+    expect(ok(await run(['up'])).stdout).toMatch(/^robust is up to date and running/m);
+  });
+
   test('status does not hang on an environment whose init is stopped (SIGSTOP); down still ends it', async () => {
     const [pid] = readFileSync(join(envDir(), 'run/init.pid'), 'utf8').trim().split(/\s+/);
     process.kill(Number(pid), 'SIGSTOP');
