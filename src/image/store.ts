@@ -50,6 +50,8 @@ export interface LayerMeta {
 
 export interface ImageConfig {
   env: string[];
+  /** The image's creation time (RFC 3339), when its config has one: the build epoch of a pulled base. */
+  created?: string;
   cmd?: string[];
   entrypoint?: string[];
   workdir?: string;
