@@ -4,7 +4,8 @@
  * to the running state (building what changed), `exec`/`shell` run processes
  * in it (starting it when down), `down` stops it and `down --rm` forgets it.
  */
-import { existsSync, mkdirSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_PATH, HOST_BASE_LABEL, envFromList } from '../build/executor.js';
@@ -30,6 +31,20 @@ import { buildProject } from './build.js';
 import { flushWorkspaceSync, startWorkspaceSync, stopWorkspaceSync, syncSettings, workspaceSyncPaths } from './workspace-sync.js';
 
 export const STOP_GRACE_MS = 10_000;
+
+/**
+ * env.yaml's stat, if its bytes still have the digest the spec was loaded with: stat first, then read,
+ * so an edit racing this shows as a digest mismatch (no stat recorded), never as a stale stat.
+ */
+function currentSpecStat(file: string, digest: string): EnvironmentRecord['specStat'] {
+  try {
+    const stats = statSync(file);
+    if (createHash('sha256').update(readFileSync(file)).digest('hex') !== digest) return undefined;
+    return { size: stats.size, mtimeMs: stats.mtimeMs, ctimeMs: stats.ctimeMs, ino: stats.ino };
+  } catch {
+    return undefined;
+  }
+}
 
 export interface PreparedEnvironment {
   record: EnvironmentRecord;
@@ -118,8 +133,11 @@ export async function up(project: Project, options: { frozen: boolean; reporter:
     const running = (await runtime.status(config)).state === 'running';
     const unchanged = running && previous?.imageKey === image.key && previous.specDigest === source.digest;
     if (unchanged && previous) {
-      // Records written before the exec fast path existed lack its data: add it, nothing else changes.
-      if (!previous.exec) writeRecord({ ...previous, exec: { identity: build.identity, workdir: spec.workdir, env: processEnv(image, build.identity, false), resources: spec.resources } });
+      // Records written by older versions lack the exec fast path's data: add it, nothing else changes.
+      const specStat = previous.specStat ?? currentSpecStat(source.file, source.digest);
+      if (!previous.exec || (!previous.specStat && specStat)) {
+        writeRecord({ ...previous, exec: previous.exec ?? { identity: build.identity, workdir: spec.workdir, env: processEnv(image, build.identity, false), resources: spec.resources }, ...(specStat ? { specStat } : {}) });
+      }
       // The sync process may have died (killed, crashed) while the environment ran on: bring it back.
       if (previous.sync) await startWorkspaceSync(id);
       return { record: previous, config, image, identity: build.identity, spec, unchanged: true, built: 0, notes };
@@ -153,6 +171,8 @@ export async function up(project: Project, options: { frozen: boolean; reporter:
       exec: { identity: build.identity, workdir: spec.workdir, env: processEnv(image, build.identity, false), resources: spec.resources },
     };
     if (spec.workspace.sync === 'watch') record.sync = syncSettings(source.dir, spec.workspace);
+    const specStat = currentSpecStat(source.file, source.digest);
+    if (specStat) record.specStat = specStat;
     writeRecord(record);
     await build.store.setRefs(id, [image.key]);
     if (record.sync) {
