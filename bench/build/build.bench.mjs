@@ -67,7 +67,7 @@ try {
   runQuiet(`cd ${seedDir} && ${envy('build --quiet', join(work, 'seed-home'))} && ${envy(`export --quiet --docker-archive ${project}/base.tar --tag localhost/envy-bench-base:bookworm`, join(work, 'seed-home'))}`);
   wipeEnvyHome(join(work, 'seed-home'));
 
-  const example = readFileSync(join(root, 'env.example.yaml'), 'utf8').replace(/base:\n  debian: bookworm\n/, 'base:\n  oci: base.tar\n');
+  const example = readFileSync(join(root, 'env.example.yaml'), 'utf8').replace(/base:\n {2}debian: bookworm\n/, 'base:\n  oci: base.tar\n');
   if (!example.includes('oci: base.tar')) throw new Error('env.example.yaml no longer has the base this bench rewrites');
   const writeProject = (text) => {
     writeFileSync(join(work, 'env.yaml.next'), text);
