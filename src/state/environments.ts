@@ -20,6 +20,8 @@ export interface EnvironmentRecord {
   specFile: string;
   /** Digest of env.yaml when the environment was last brought up. */
   specDigest: string;
+  /** Digest of the spec without `services` (env/environment.ts environmentDigest): equal means only services changed. */
+  envDigest?: string;
   backend: 'namespace' | 'vm';
   /** Key of the built image the writable layer sits on. */
   imageKey?: string;
