@@ -26,6 +26,11 @@ export async function run(args: UpArgs): Promise<number> {
     const result = await up(project, { frozen: args.frozen, reporter, signal: abort.signal });
     await reporter.close();
     if (!args.quiet) process.stdout.write(summary(project, result));
+  } catch (error) {
+    // Watching goes on after a failed build, hook or service: the next save may fix it.
+    if (!args.watch || abort.signal.aborted) throw error;
+    await reporter.close();
+    reportError(error, args.debug === true);
   } finally {
     process.off('SIGINT', onInterrupt);
     await reporter.close();

@@ -51,6 +51,8 @@ export interface ServiceStatus {
   lastExit?: { code: number; at: string };
   /** Why it failed, for people: the last readiness check's output, or its exit. */
   error?: string;
+  /** It never became ready since it was last (re)applied: `up` fails naming it. */
+  startFailed?: boolean;
   /** Digest of the service's definition: a changed definition restarts it. */
   digest: string;
 }
@@ -199,7 +201,7 @@ export async function applyServices(id: string, services: ServiceSpec[]): Promis
 }
 
 function checkServices(id: string, status: SupervisorStatus, services: ServiceSpec[]): SupervisorStatus {
-  const failed = status.services.filter((s) => s.state === 'failed' && services.some((spec) => spec.name === s.name));
+  const failed = status.services.filter((s) => s.startFailed && services.some((spec) => spec.name === s.name));
   const first = failed[0];
   if (first) {
     throw new EnvyError('COMMAND', `service ${first.name} failed to start: ${first.error ?? 'see its log'}`, {

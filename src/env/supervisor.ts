@@ -41,6 +41,7 @@ interface Supervised {
   readyAt?: string;
   lastExit?: { code: number; at: string };
   error?: string;
+  startFailed?: boolean;
   backoff?: NodeJS.Timeout;
   /** The readiness wait in progress (one per service, shared by whoever asks). */
   readiness?: Promise<boolean>;
@@ -91,6 +92,7 @@ export async function runSupervisor(id: string): Promise<number> {
       ...(s.readyAt ? { readyAt: s.readyAt } : {}),
       ...(s.lastExit ? { lastExit: s.lastExit } : {}),
       ...(s.error ? { error: s.error } : {}),
+      ...(s.startFailed ? { startFailed: true } : {}),
       digest: s.digest,
     }));
     writeFileAtomic(paths.status, `${JSON.stringify({ pid: process.pid, applied, services: list, updatedAt: new Date().toISOString() }, null, 2)}\n`);
@@ -218,6 +220,7 @@ export async function runSupervisor(id: string): Promise<number> {
       if (service.state === 'failed' || service.state === 'exited') {
         service.error = `${service.error ?? `exited with code ${service.lastExit?.code}`} before it was ready; last check: ${last}`;
         service.state = 'failed';
+        service.startFailed = true;
         writeStatus();
         return false;
       }
@@ -226,6 +229,7 @@ export async function runSupervisor(id: string): Promise<number> {
         if (service.stopping) return false;
         if (result.code === 0 && service.state === 'starting') {
           service.state = 'ready';
+          service.startFailed = false;
           service.readyAt = new Date().toISOString();
           note(service, `ready (${ready.run})`);
           writeStatus();
@@ -242,6 +246,7 @@ export async function runSupervisor(id: string): Promise<number> {
     await stopService(service);
     service.stopping = false;
     service.state = 'failed';
+    service.startFailed = true;
     writeStatus();
     return false;
   };
