@@ -147,8 +147,14 @@ export async function up(project: Project, options: { frozen: boolean; reporter:
       // So may the supervisor: a new one ends what the old one left and starts the services again.
       let services: ServiceStatus[] = [];
       if (spec.services.length > 0) {
-        if (supervisorOwner(id)) {
-          services = servicesReport(id, true).services;
+        const current = supervisorOwner(id) ? servicesReport(id, true).services : undefined;
+        const failed = (current ?? []).filter((s) => s.state === 'failed').map((s) => s.name);
+        if (current && failed.length === 0) {
+          services = current;
+        } else if (current) {
+          // `up` makes it so: a failed service gets another chance (the others keep running).
+          notes.push(`starting the failed service${failed.length === 1 ? '' : 's'} again: ${failed.join(', ')}`);
+          services = (await applyServices(id, spec.services)).services;
         } else {
           notes.push('the service supervisor was not running: services restarted');
           services = (await applyServices(id, spec.services)).services;

@@ -51,6 +51,12 @@ interface Supervised {
 }
 
 export async function runSupervisor(id: string): Promise<number> {
+  // Installed first: `up` may signal as soon as the lock file names us, and SIGHUP's default is to die.
+  let onHangup = (): void => {};
+  let onTerminate = (why: string): void => void process.exit(why === 'SIGTERM' ? 143 : 130);
+  process.on('SIGHUP', () => onHangup());
+  process.on('SIGTERM', () => onTerminate('SIGTERM'));
+  process.on('SIGINT', () => onTerminate('SIGINT'));
   const record = readRecord(id);
   const exec = record?.exec;
   if (!record || !exec) {
@@ -307,7 +313,8 @@ export async function runSupervisor(id: string): Promise<number> {
     const toStart: Supervised[] = [];
     for (const spec of request.services) {
       const current = services.get(spec.name);
-      const keep = current && current.digest === serviceDigest(spec) && !current.stopping && current.state !== 'failed' && current.state !== 'exited' && current.state !== 'stopped';
+      // Failed services are tried again; one that exited 0 under its policy (a one-shot job) is done.
+      const keep = current && current.digest === serviceDigest(spec) && !current.stopping && current.state !== 'failed' && current.state !== 'stopped';
       const service = keep ? current : newService(spec, current);
       if (!keep) toStart.push(service);
       ordered.set(spec.name, service);
@@ -348,11 +355,11 @@ export async function runSupervisor(id: string): Promise<number> {
     })();
   };
 
-  process.on('SIGHUP', () => {
+  // The first apply reads the spec anyway: a SIGHUP that came before this point is not lost.
+  onHangup = () => {
     if (!stopping) void enqueue(apply);
-  });
-  process.on('SIGTERM', () => stopAll('SIGTERM'));
-  process.on('SIGINT', () => stopAll('SIGINT'));
+  };
+  onTerminate = stopAll;
 
   // Services die with the environment; the supervisor follows them.
   let envInit: InitRecord | undefined = runningInit(id);

@@ -209,13 +209,21 @@ describe('services', () => {
       await waitFor('the config error', () => out.includes('keeps the last good configuration'));
       expect(out).toMatch(/^envy: .*env\.yaml:3/m);
       expect(alive(after.get('db')!.pid!)).toBe(true);
-      await writeSpec(spec([], polite('web2')));
+
+      // Anything but services restarts the environment, and every service with it.
+      await writeSpec(spec([], polite('web2')).replace('hooks:', 'env: {CHANGED: "1"}\nhooks:'));
+      await waitFor('the environment restart', () => /env\.yaml changed: env\n[\s\S]*restarting the environment[\s\S]*services: db ready/.test(out), 60_000);
+      const restarted = await services();
+      for (const name of ['db', 'stubborn', 'web', 'chatty']) expect(restarted.get(name)!.pid).not.toBe(after.get(name)!.pid);
+      expect(ok(await run(['exec', '--', 'sh', '-c', 'echo $CHANGED'])).stdout).toBe('1\n');
     } finally {
       watcher.kill('SIGINT');
     }
     expect(await closed).toBe(0);
     expect(out).toContain('keeps running');
     expect(alive((await services()).get('db')!.pid!)).toBe(true);
+    // The watcher left the environment as it was: nothing changed since its last apply.
+    expect(ok(await run(['up'])).stdout).toContain('is up to date and running');
   });
 
   test('down stops services in reverse order: SIGTERM, SIGKILL after stopGrace; a dead supervisor still leaves nothing behind', async () => {
