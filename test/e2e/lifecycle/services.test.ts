@@ -151,6 +151,9 @@ describe('services', () => {
       follower.kill('SIGINT');
     }
     await new Promise((resolve) => follower.once('close', resolve));
+    const unknown = await run(['logs', 'nope']);
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toMatch(/^envy: .*env\.yaml: there is no service "nope"\nhint: services: db, stubborn, web, crasher, once, chatty\n$/);
     const numbers = [...out.matchAll(/^line (\d+) /gm)].map((m) => Number(m[1]));
     expect(numbers.length).toBeGreaterThan(100);
     // Contiguous: nothing lost or doubled while the file was rotated several times under the follower.
@@ -251,5 +254,22 @@ describe('services', () => {
     for (const pid of orphaned) expect(alive(pid)).toBe(true);
     ok(await run(['down']));
     for (const pid of orphaned) expect(alive(pid)).toBe(false);
+  });
+
+  test('an environment killed under the supervisor: status answers at once, the supervisor follows it', async () => {
+    ok(await run(['up']));
+    const id = readdirSync(join(home.path, 'environments'))[0]!;
+    const supervisorPid = Number(JSON.parse(readFileSync(join(home.path, 'environments', id, 'run', 'supervisor.lock'), 'utf8')).pid);
+    const [initPid] = readFileSync(join(home.path, 'environments', id, 'run', 'init.pid'), 'utf8').trim().split(' ');
+    const db = (await services()).get('db')!.pid!;
+    process.kill(Number(initPid), 'SIGKILL');
+    await waitFor('the services to die with the environment', () => !alive(db), 5_000);
+    const started = Date.now();
+    const status = JSON.parse(ok(await run(['status', '--json'])).stdout) as { environments: { name: string; state: string; services: Service[] }[] };
+    expect(Date.now() - started).toBeLessThan(5_000);
+    const environment = status.environments.find((e) => e.name === 'svc')!;
+    expect(environment.state).toBe('stopped');
+    for (const service of environment.services) expect(service.state).toBe('stopped');
+    await waitFor('the supervisor to exit', () => !alive(supervisorPid), 5_000);
   });
 });
