@@ -70,7 +70,11 @@ export async function run(args: { json: boolean }): Promise<number> {
   table.forEach((row, i) => {
     lines.push(row.map((cell, j) => cell.padEnd(widths[j]!)).join('  ').trimEnd());
     const services = i > 0 ? rows[i - 1]!.services : [];
-    if (services.length > 0) lines.push(`  services: ${describeServices(services)}`);
+    if (services.length > 0) {
+      const row = rows[i - 1]!;
+      const unsupervised = row.state === 'running' && row.supervisor === 'stopped' ? ' (their supervisor is not running: envy up restarts them)' : '';
+      lines.push(`  services: ${describeServices(services)}${unsupervised}`);
+    }
   });
   process.stdout.write(`${lines.join('\n')}\n`);
   return 0;

@@ -115,7 +115,7 @@ export async function runSupervisor(id: string): Promise<number> {
     say(`${service.spec.name}: ${text}`);
   };
 
-  const processSpec = (service: ServiceSpec, argv: string[]): string[] => {
+  const helperArgs = (service: ServiceSpec, argv: string[]): string[] => {
     const init = runningInit(id);
     if (!init) throw new Error('the environment is not running');
     const config = { id, hostname: record.name, rootfs: { layers: [] }, mounts: [], network: 'host' as const, user: exec.identity, resources: exec.resources };
@@ -132,7 +132,7 @@ export async function runSupervisor(id: string): Promise<number> {
     service.error = undefined;
     let args: string[];
     try {
-      args = processSpec(service.spec, ['/bin/sh', '-c', service.spec.run]);
+      args = helperArgs(service.spec, ['/bin/sh', '-c', service.spec.run]);
     } catch (error) {
       service.state = 'failed';
       service.error = (error as Error).message;
@@ -231,7 +231,7 @@ export async function runSupervisor(id: string): Promise<number> {
         return false;
       }
       if (service.state === 'starting') {
-        const result = await runCheck(processSpec(service.spec, ['/bin/sh', '-c', ready.run]), Math.max(1_000, deadline - Date.now()));
+        const result = await runCheck(helperArgs(service.spec, ['/bin/sh', '-c', ready.run]), Math.max(1_000, deadline - Date.now()));
         if (service.stopping) return false;
         if (result.code === 0 && service.state === 'starting') {
           service.state = 'ready';
@@ -272,7 +272,9 @@ export async function runSupervisor(id: string): Promise<number> {
     }
     service.state = 'stopping';
     writeStatus();
-    const found = service.pid !== undefined ? { pid: service.pid, startTime: service.pidStartTime ?? '' } : await findWorkload(child.pid);
+    // The recorded pid only while it is still that process: a reused pid must never be signalled.
+    const recorded = service.pid !== undefined && service.pidStartTime !== undefined && processStartTime(service.pid) === service.pidStartTime;
+    const found = recorded ? { pid: service.pid!, startTime: service.pidStartTime! } : await findWorkload(child.pid);
     note(service, `stopping (SIGTERM, SIGKILL after ${service.spec.stopGrace} ms)`);
     if (found) signalGroup(found.pid, 'SIGTERM');
     else child.kill('SIGTERM'); // the helper forwards it to the workload
