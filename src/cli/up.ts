@@ -39,15 +39,15 @@ export async function run(args: UpArgs): Promise<number> {
   return 0;
 }
 
-function summary(project: Project, result: UpResult): string {
+function summary(project: Project, result: UpResult, brief = false): string {
   const lines = result.unchanged
     ? [`${project.spec.name} is up to date and running (image ${result.image.key.slice(0, 12)})`]
     : [`${project.spec.name} is running (image ${result.image.key.slice(0, 12)}, ${result.built} step${result.built === 1 ? '' : 's'} built)`];
   for (const note of result.notes) lines.push(`note: ${note}`);
-  lines.push(`  workspace: ${project.source.dir} -> ${project.spec.workspace.path}`);
+  if (!brief) lines.push(`  workspace: ${project.source.dir} -> ${project.spec.workspace.path}`);
   if (result.services.length > 0) lines.push(`  services: ${describeServices(result.services)}`);
   if (project.spec.ports.length > 0) lines.push(`  ports: ${project.spec.ports.map((p) => `127.0.0.1:${p.host}->${p.container}/${p.protocol}`).join(', ')}`);
-  lines.push('  enter it: envy shell    run a command: envy exec -- CMD    logs: envy logs -f    stop it: envy down');
+  if (!brief) lines.push('  enter it: envy shell    run a command: envy exec -- CMD    logs: envy logs -f    stop it: envy down');
   return `${lines.join('\n')}\n`;
 }
 
@@ -102,7 +102,8 @@ async function watch(initial: Project, args: UpArgs): Promise<number> {
       const result = await up(next, { frozen: args.frozen, reporter, signal: abort.signal });
       await reporter.close();
       current = next;
-      if (!args.quiet) process.stdout.write(summary(next, result));
+      // Re-applies say what changed and how things stand; the how-to lines were said once.
+      if (!args.quiet) process.stdout.write(summary(next, result, true));
     } catch (error) {
       await reporter.close();
       if (abort.signal.aborted) return;
