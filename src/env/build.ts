@@ -4,7 +4,6 @@
  */
 import { join } from 'node:path';
 import { Executor, type BuildResult } from '../build/executor.js';
-import { removeInUserNamespace } from '../build/userns.js';
 import type { Project } from '../cli/project.js';
 import type { Reporter } from '../cli/ui/events.js';
 import { LayerStore } from '../image/store.js';
@@ -34,8 +33,6 @@ export async function buildProject(project: Project, options: { frozen: boolean;
   const plan = compilePlan(project.spec, project.source.dir, project.lock);
   const identity = planIdentity(plan);
   const store = LayerStore.open();
-  // What a killed build left behind (scratch dirs with files of subordinate owners) goes first.
-  if (store.leftovers.length > 0) await removeInUserNamespace(identity, store.leftovers).catch(() => undefined);
   const id = environmentId(project.source.dir, project.spec.name);
   const executor = new Executor({
     store,
