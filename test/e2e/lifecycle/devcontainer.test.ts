@@ -68,7 +68,8 @@ describe('envy devcontainer', () => {
         'hooks:',
         '  onCreate:',
         '    - echo "created $GREETING by $(id -un) in $(pwd)" > made-by-postcreate',
-        '    - echo second >> made-by-postcreate',
+        // Dev Containers clients keep markers in the user's home: it must be the user's (it was root's).
+        '    - test -w "$HOME" && echo second >> made-by-postcreate',
         '',
       ].join('\n'),
     );
