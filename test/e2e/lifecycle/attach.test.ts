@@ -106,6 +106,14 @@ describe('envy ssh-config and envy attach --stdio with the OpenSSH client', () =
     expect(status.environments.filter((e) => e.name === 'attached').map((e) => e.state)).toEqual(['running']);
   });
 
+  test('an edited env.yaml reaches the next ssh session (sshd files are rewritten, the fast path steps aside)', async () => {
+    expect(ok(await ssh(['envy-attached', 'echo "$GREETING"'])).stdout).toBe('hello there\n');
+    const file = join(project.path, 'env.yaml');
+    writeFileSync(file, readFileSync(file, 'utf8').replace('hello there', 'changed greeting'));
+    expect(ok(await ssh(['envy-attached', 'echo "$GREETING"'])).stdout).toBe('changed greeting\n');
+    expect(ok(await ssh(['envy-attached', 'echo "$GREETING"'])).stdout).toBe('changed greeting\n');
+  });
+
   test('down --rm after ssh-config alone (never up) forgets the keys', async () => {
     const other = userTempDir('envy-attach-keys-');
     try {
