@@ -77,6 +77,15 @@ describe('envy devcontainer', () => {
   });
   afterAll(async () => {
     await podman(['unshare', 'rm', '-rf', join(podmanHome, '.local/share/containers')]).catch(() => undefined);
+    // Rootless podman leaves a pause process (catatonit) per runtime dir: end ours.
+    const pause = join(podmanHome, 'run/libpod/tmp/pause.pid');
+    if (existsSync(pause)) {
+      try {
+        process.kill(Number(readFileSync(pause, 'utf8').trim()), 'SIGTERM');
+      } catch {
+        // already gone
+      }
+    }
     await runAsUser(join(envyRoot(), 'dist/envy-ns'), ['userns', '--', 'rm', '-rf', home.path]);
     home.remove();
     project.remove();
