@@ -27,6 +27,7 @@ import {
   type EnvironmentRecord,
 } from '../state/environments.js';
 import { acquireLock, type Lock } from '../state/lock.js';
+import { ENVY_DIR_INSIDE, PROFILE_INSIDE, prepareInsideDir, shellEnv } from './attach.js';
 import { buildProject } from './build.js';
 import { applyServices, readServicesRequest, serviceDigest, servicesReport, stopServices, supervisorOwner, type ServiceStatus } from './services.js';
 import { flushWorkspaceSync, startWorkspaceSync, stopWorkspaceSync, syncSettings, workspaceSyncPaths } from './workspace-sync.js';
@@ -78,6 +79,11 @@ export function environmentConfig(id: string, spec: EnvSpec, projectDir: string,
       mounts.push({ type: 'tmpfs', target: mount.target, ...(mount.size !== undefined ? { size: mount.size } : {}) });
     }
   }
+  // sshd's state for `envy attach` and the login shells' profile script (attach.ts): mounted from the start, so attaching never needs a restart;
+  // last, so a tmpfs the user mounts on /run cannot hide it.
+  const inside = prepareInsideDir(id);
+  mounts.push({ type: 'bind', source: inside.dir, target: ENVY_DIR_INSIDE, readonly: true });
+  mounts.push({ type: 'bind', source: inside.profile, target: PROFILE_INSIDE, readonly: true });
   return {
     id,
     hostname: spec.name,
@@ -312,7 +318,7 @@ export function shellProcess(env: PreparedEnvironment, options: { root: boolean;
   const shell = env.spec.user.shell;
   return {
     argv: [shell, '-l'],
-    env: processEnv(env.image, env.identity, options.root, { PS1: `(${env.spec.name}) \\u@\\h:\\w\\$ `, ENVY_ENV: env.spec.name }),
+    env: processEnv(env.image, env.identity, options.root, shellEnv(env.spec.name, processEnv(env.image, env.identity, options.root))),
     cwd: env.spec.workdir,
     root: options.root,
     identity: env.identity,
