@@ -78,7 +78,9 @@ try {
   // and defeat its layer cache. The cold podman time includes the load, as envy's includes the import.
   const podmanDockerfile = () => runQuiet(`cd ${project} && sed -i 's|^FROM docker-archive:base.tar$|FROM localhost/envy-bench-base:bookworm|' Dockerfile && grep -q '^FROM localhost/envy-bench-base:bookworm$' Dockerfile`);
   const podmanLoad = `cd ${project} && podman load --quiet -i base.tar`;
-  const podmanBuild = `cd ${project} && podman build --quiet --network=host --format docker -f Dockerfile -t localhost/envy-bench:latest .`;
+  // No `--format docker` (which the rendered Dockerfile suggests for SHELL): podman 4.3 never reuses its
+  // layer cache in that format, and env.example.yaml's Dockerfile has no SHELL.
+  const podmanBuild = `cd ${project} && podman build --quiet --network=host -f Dockerfile -t localhost/envy-bench:latest .`;
   const podmanReset = () => runQuiet('podman rmi --all --force >/dev/null 2>&1; podman image prune --all --force >/dev/null 2>&1; true');
 
   const cold = { envy: [], podman: [] };
