@@ -28,7 +28,7 @@ import {
 } from '../state/environments.js';
 import { acquireLock, type Lock } from '../state/lock.js';
 import { buildProject } from './build.js';
-import { applyServices, readServicesRequest, serviceDigest, servicesReport, stopServices, supervisorOwner, type ServiceStatus } from './services.js';
+import { applyServices, clearServices, readServicesRequest, serviceDigest, servicesReport, stopServices, supervisorOwner, type ServiceStatus } from './services.js';
 import { flushWorkspaceSync, startWorkspaceSync, stopWorkspaceSync, syncSettings, workspaceSyncPaths } from './workspace-sync.js';
 
 export const STOP_GRACE_MS = 10_000;
@@ -168,7 +168,7 @@ export async function up(project: Project, options: { frozen: boolean; reporter:
       const changed = changedServices(id, spec.services);
       notes.push(changed.length > 0 ? `services changed: ${changed.join(', ')}; the rest keep running` : 'env.yaml changed, but nothing that needs a restart');
       writeRecord(record);
-      const services = spec.services.length > 0 ? (await applyServices(id, spec.services)).services : (await stopServices(id), []);
+      const services = spec.services.length > 0 ? (await applyServices(id, spec.services)).services : (await clearServices(id), []);
       return { record, config, image, identity: build.identity, spec, unchanged: false, built: build.built.length, notes, services };
     }
     if (running) {
@@ -220,7 +220,7 @@ export async function up(project: Project, options: { frozen: boolean; reporter:
     }
     await runHooks(prepared, runtime, 'postStart', spec.hooks.postStart);
     // A supervisor left from a run whose environment died is gone by now (it follows its environment).
-    const services = spec.services.length > 0 ? (await applyServices(id, spec.services)).services : [];
+    const services = spec.services.length > 0 ? (await applyServices(id, spec.services)).services : (await clearServices(id), []);
     return { ...prepared, unchanged: false, built: build.built.length, notes, services };
   } finally {
     lock.release();

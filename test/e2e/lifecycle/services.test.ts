@@ -272,4 +272,12 @@ describe('services', () => {
     for (const service of environment.services) expect(service.state).toBe('stopped');
     await waitFor('the supervisor to exit', () => !alive(supervisorPid), 5_000);
   });
+
+  test('env.yaml without services: up forgets the old list', async () => {
+    await writeSpec('name: svc\nbase: {host: true}\n');
+    const result = ok(await run(['up']));
+    expect(result.stdout).not.toContain('services:');
+    expect((await services()).size).toBe(0);
+    expect(ok(await run(['status'])).stdout).not.toContain('services:');
+  });
 });
