@@ -98,6 +98,11 @@ export function serviceLogPath(id: string, name: string): string {
   return join(servicesPaths(id).dir, `${name}.log`);
 }
 
+/** onCreate and postStart output, written by `envy up` (not the supervisor). */
+export function hooksLogPath(id: string): string {
+  return join(environmentPaths(id).logs, 'hooks.log');
+}
+
 export function serviceDigest(service: ServiceSpec): string {
   return createHash('sha256').update(JSON.stringify(service)).digest('hex').slice(0, 16);
 }
