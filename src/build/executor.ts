@@ -57,8 +57,20 @@ export interface BuildResult {
   built: string[];
 }
 
-/** The SOURCE_DATE_EPOCH of a pinned base (its snapshot time), so pinned builds give identical layers. */
-export function sourceDateEpoch(step: BaseStep): number | undefined {
+/**
+ * The time every file a build step writes is clamped to (SOURCE_DATE_EPOCH), so two builds of the same
+ * pinned inputs give identical layers. The user's SOURCE_DATE_EPOCH wins; then a Debian snapshot's time
+ * (known before the bootstrap, which needs it); then, once the base is in the store, the creation time of
+ * a pulled or imported image, or 0 when its config has none: its content is fixed by its digest, so the
+ * epoch is too. A base that drifts (an unpinned Debian suite, the host) gets no epoch.
+ */
+export function sourceDateEpoch(step: BaseStep, base?: ImageRecord, env: NodeJS.ProcessEnv = process.env): number | undefined {
+  const fromEnv = env.SOURCE_DATE_EPOCH;
+  if (fromEnv !== undefined && /^\d+$/.test(fromEnv)) return Number(fromEnv);
+  if (base && (step.source.kind === 'image' || step.source.kind === 'oci')) {
+    const created = base.config.created === undefined ? NaN : Date.parse(base.config.created);
+    return Number.isNaN(created) ? 0 : Math.floor(created / 1000);
+  }
   if (step.source.kind !== 'debian' || !step.source.snapshot) return undefined;
   const m = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/.exec(step.source.snapshot);
   return m ? Date.UTC(+m[1]!, +m[2]! - 1, +m[3]!, +m[4]!, +m[5]!, +m[6]!) / 1000 : undefined;
@@ -117,6 +129,7 @@ export class Executor {
   async run(): Promise<BuildResult> {
     const { plan, store, reporter } = this.options;
     mkdirSync(this.options.logDir, { recursive: true });
+    await store.sweepStale((path) => removeInUserNamespace(this.options.identity, [path]));
     reporter.report({ type: 'plan', steps: plan.steps.map((s) => ({ key: s.key, label: s.label, kind: s.kind })) });
     const built: string[] = [];
     let parent: ImageRecord | undefined;
@@ -125,7 +138,10 @@ export class Executor {
       if (step.kind === 'base') this.epoch = sourceDateEpoch(step);
       if (store.hasImage(step.key)) {
         parent = store.readImage(step.key);
-        if (step.kind === 'base') this.resolved.baseDigest = parent.manifestDigest;
+        if (step.kind === 'base') {
+          this.resolved.baseDigest = parent.manifestDigest;
+          this.epoch = sourceDateEpoch(step, parent);
+        }
         reporter.report({ type: 'step-cached', key: step.key });
         continue;
       }
@@ -136,6 +152,7 @@ export class Executor {
       );
       try {
         const image = await this.execute(step, parent, log);
+        if (step.kind === 'base') this.epoch = sourceDateEpoch(step, image);
         await store.writeImage(image);
         parent = image;
         built.push(step.key);
@@ -192,6 +209,7 @@ export class Executor {
       if (typeof source !== 'string') throw new EnvyError('INTERNAL', 'layers are unpacked from files here');
       return unpackInUserNamespace(identity, source, dest, o.label);
     };
+    const removeTree = (path: string): Promise<void> => removeInUserNamespace(identity, [path]).then(() => undefined);
     const record = (layers: ImageLayer[], config: ImageConfig, digest: string | undefined): ImageRecord => {
       this.resolved.baseDigest = digest;
       return { key: step.key, source: step.label, ...(digest ? { manifestDigest: digest } : {}), layers, config, createdAt: new Date().toISOString() };
@@ -217,12 +235,13 @@ export class Executor {
         const pulled = await pullImage(ref, store, {
           unpack,
           chown: true,
+          removeTree,
           onProgress: (p) => reporter.report({ type: 'download', id: p.blob, label: p.blob.slice(7, 19), done: p.done, total: p.total }),
         });
         return record(pulled.image.layers, pulled.image.config, pulled.manifestDigest);
       }
       case 'oci': {
-        const imported = await importOci(join(this.options.projectDir, source.path), store, { unpack, chown: true });
+        const imported = await importOci(join(this.options.projectDir, source.path), store, { unpack, chown: true, removeTree });
         return record(imported.image.layers, imported.image.config, imported.digest);
       }
       case 'host': {
@@ -262,6 +281,8 @@ export class Executor {
           strippedModes: {},
         } as ExtractResult;
       },
+      // A layer whose content the store already has (common once mtimes are clamped) is dropped again.
+      removeTree: (path) => removeInUserNamespace(identity, [path]),
     });
     return { diffId: meta.diffId };
   }

@@ -10,12 +10,18 @@
  *                        mean, the output then handed to UID:GID (the invoking user, mapped inside)
  * Errors go to stderr as one line and exit 1.
  */
-import { lchownSync, lstatSync, readdirSync, renameSync } from 'node:fs';
+import { lchownSync, lstatSync, lutimesSync, readdirSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { extractLayer, removeTree } from '../image/extract.js';
 import { exportImage, tarTree } from '../image/export.js';
 import { LayerStore } from '../image/store.js';
 import type { LayerSnapshot } from './userns.js';
+
+function clampMtimes(path: string, epoch: number): void {
+  const stat = lstatSync(path);
+  if (stat.isDirectory()) for (const name of readdirSync(path)) clampMtimes(join(path, name), epoch);
+  if (stat.mtimeMs > epoch * 1000) lutimesSync(path, epoch, epoch);
+}
 
 async function main(argv: string[]): Promise<unknown> {
   const [job, ...args] = argv;
@@ -24,6 +30,9 @@ async function main(argv: string[]): Promise<unknown> {
     // Running as root in the namespace, lstat shows the owners the image means: record them as they are.
     const tree = await tarTree(args[0]!, { chowned: true, owners: {}, strippedModes: {} }, undefined, { gzip: false, sourceDateEpoch: epoch });
     const result: LayerSnapshot = { diffId: tree.diffId, size: tree.size, entries: tree.entries, whiteouts: tree.whiteouts, opaqueDirs: tree.opaqueDirs };
+    // The tar clamped mtimes to the epoch; clamp the tree too, so the stored layer re-tars (envy export)
+    // to the very diff_id it is recorded under.
+    if (epoch !== undefined) clampMtimes(args[0]!, epoch);
     // Moving a directory to a new parent rewrites its `..`: only its owner (often the subordinate root) may.
     if (args[2]) renameSync(args[0]!, args[2]);
     return result;

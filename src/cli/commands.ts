@@ -99,6 +99,18 @@ export async function runCli(argv: string[], version: string): Promise<number> {
       async (args) => setExit(await (await import('./exec.js')).runShell(args)),
     )
     .command(
+      'ssh-config',
+      'Print an OpenSSH Host entry for the environment (for ~/.ssh/config, VS Code Remote-SSH, Gateway)',
+      (y) => y.option('host', { type: 'string', describe: 'Host name of the entry (default: envy-NAME)' }),
+      async (args) => setExit(await (await import('./attach.js')).runSshConfig(args)),
+    )
+    .command(
+      'attach',
+      'Run the environment\'s sshd on stdin/stdout (the ProxyCommand of envy ssh-config)',
+      (y) => y.option('stdio', { type: 'boolean', default: false, describe: 'Speak SSH on stdin/stdout' }),
+      async (args) => setExit(await (await import('./attach.js')).run(args)),
+    )
+    .command(
       'down',
       'Stop the environment; --rm also deletes its writable layer and volumes',
       (y) => y.option('rm', { type: 'boolean', default: false, describe: 'Remove the environment too' }),
@@ -156,6 +168,16 @@ export async function runCli(argv: string[], version: string): Promise<number> {
           .option('progress', { choices: ['auto', 'tty', 'plain', 'quiet'] as const, default: 'auto' as const, describe: 'Progress display' })
           .conflicts('oci', 'docker-archive'),
       async (args) => setExit(await (await import('./export.js')).run(args)),
+    )
+    .command(
+      'devcontainer',
+      'Write .devcontainer/devcontainer.json (Dev Containers spec) with the built image saved next to it',
+      (y) =>
+        y
+          .option('force', { type: 'boolean', default: false, describe: 'Replace an existing devcontainer.json' })
+          .option('load', { choices: ['podman', 'docker'] as const, describe: 'Also load the image into podman or docker' })
+          .option('progress', { choices: ['auto', 'tty', 'plain', 'quiet'] as const, default: 'auto' as const, describe: 'Progress display' }),
+      async (args) => setExit(await (await import('./devcontainer.js')).run(args)),
     )
     .command(
       'gc',

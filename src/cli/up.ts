@@ -2,7 +2,7 @@
 import type { EnvSpec } from '../config/types.js';
 import { up, type UpResult } from '../env/environment.js';
 import { describeServices } from '../env/services.js';
-import { isEnvyError } from '../errors.js';
+import { EnvyError, isEnvyError } from '../errors.js';
 import { loadProject, type Project } from './project.js';
 import { reportError } from './report.js';
 import { createReporter, type ProgressMode } from './ui/reporter.js';
@@ -23,7 +23,15 @@ export async function run(args: UpArgs): Promise<number> {
   const onInterrupt = (): void => abort.abort(new Error('interrupted'));
   process.once('SIGINT', onInterrupt);
   try {
-    const result = await up(project, { frozen: args.frozen, reporter, signal: abort.signal });
+    let result;
+    try {
+      result = await up(project, { frozen: args.frozen, reporter, signal: abort.signal });
+    } catch (error) {
+      // Ctrl-C reaches the build step or hook too (same process group), which then fails: that failure
+      // is the interruption, not a step's fault.
+      if (abort.signal.aborted) throw new EnvyError('INTERRUPTED', 'interrupted: envy up stopped (finished build steps stay cached; the step that was running left nothing behind)', { hint: 'run envy up again to continue' });
+      throw error;
+    }
     await reporter.close();
     if (!args.quiet) process.stdout.write(summary(project, result));
   } catch (error) {

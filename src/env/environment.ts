@@ -5,7 +5,7 @@
  * in it (starting it when down), `down` stops it and `down --rm` forgets it.
  */
 import { createHash } from 'node:crypto';
-import { appendFileSync, closeSync, existsSync, mkdirSync, openSync, statSync } from 'node:fs';
+import { appendFileSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_PATH, HOST_BASE_LABEL, envFromList } from '../build/executor.js';
@@ -27,12 +27,27 @@ import {
   type EnvironmentRecord,
 } from '../state/environments.js';
 import { acquireLock, type Lock } from '../state/lock.js';
+import { ENVY_DIR_INSIDE, PROFILE_INSIDE, prepareInsideDir, shellEnv } from './attach.js';
 import { buildProject } from './build.js';
 import { LogFollower, logMaxBytes, rotateFiles } from './service-log.js';
 import { applyServices, clearServices, hooksLogPath, readServicesRequest, serviceDigest, servicesReport, stopServices, supervisorOwner, type ServiceStatus } from './services.js';
 import { flushWorkspaceSync, startWorkspaceSync, stopWorkspaceSync, syncSettings, workspaceSyncPaths } from './workspace-sync.js';
 
 export const STOP_GRACE_MS = 10_000;
+
+/**
+ * env.yaml's stat, if its bytes still have the digest the spec was loaded with: stat first, then read,
+ * so an edit racing this shows as a digest mismatch (no stat recorded), never as a stale stat.
+ */
+function currentSpecStat(file: string, digest: string): EnvironmentRecord['specStat'] {
+  try {
+    const stats = statSync(file);
+    if (createHash('sha256').update(readFileSync(file)).digest('hex') !== digest) return undefined;
+    return { size: stats.size, mtimeMs: stats.mtimeMs, ctimeMs: stats.ctimeMs, ino: stats.ino };
+  } catch {
+    return undefined;
+  }
+}
 
 export interface PreparedEnvironment {
   record: EnvironmentRecord;
@@ -65,6 +80,11 @@ export function environmentConfig(id: string, spec: EnvSpec, projectDir: string,
       mounts.push({ type: 'tmpfs', target: mount.target, ...(mount.size !== undefined ? { size: mount.size } : {}) });
     }
   }
+  // sshd's state for `envy attach` and the login shells' profile script (attach.ts): mounted from the start, so attaching never needs a restart;
+  // last, so a tmpfs the user mounts on /run cannot hide it.
+  const inside = prepareInsideDir(id);
+  mounts.push({ type: 'bind', source: inside.dir, target: ENVY_DIR_INSIDE, readonly: true });
+  mounts.push({ type: 'bind', source: inside.profile, target: PROFILE_INSIDE, readonly: true });
   return {
     id,
     hostname: spec.name,
@@ -141,8 +161,11 @@ export async function up(project: Project, options: { frozen: boolean; reporter:
     const envDigest = environmentDigest(spec);
     const unchanged = running && previous?.imageKey === image.key && previous.specDigest === source.digest;
     if (unchanged && previous) {
-      // Records written before the exec fast path existed lack its data: add it, nothing else changes.
-      if (!previous.exec) writeRecord({ ...previous, exec: { identity: build.identity, workdir: spec.workdir, env: processEnv(image, build.identity, false), resources: spec.resources } });
+      // Records written by older versions lack the exec fast path's data: add it, nothing else changes.
+      const specStat = previous.specStat ?? currentSpecStat(source.file, source.digest);
+      if (!previous.exec || (!previous.specStat && specStat)) {
+        writeRecord({ ...previous, exec: previous.exec ?? { identity: build.identity, workdir: spec.workdir, env: processEnv(image, build.identity, false), resources: spec.resources }, ...(specStat ? { specStat } : {}) });
+      }
       // The sync process may have died (killed, crashed) while the environment ran on: bring it back.
       if (previous.sync) await startWorkspaceSync(id);
       // So may the supervisor: a new one ends what the old one left and starts the services again.
@@ -165,7 +188,7 @@ export async function up(project: Project, options: { frozen: boolean; reporter:
     }
     if (running && previous?.imageKey === image.key && previous.envDigest === envDigest) {
       // Only services changed: the environment and the unchanged services keep running.
-      const record: EnvironmentRecord = { ...previous, specFile: source.file, specDigest: source.digest, envDigest };
+      const record: EnvironmentRecord = { ...previous, specFile: source.file, specDigest: source.digest, envDigest, specStat: currentSpecStat(source.file, source.digest) };
       const changed = changedServices(id, spec.services);
       notes.push(changed.length > 0 ? `services changed: ${changed.join(', ')}; the rest keep running` : 'env.yaml changed, but nothing that needs a restart');
       writeRecord(record);
@@ -204,6 +227,8 @@ export async function up(project: Project, options: { frozen: boolean; reporter:
       exec: { identity: build.identity, workdir: spec.workdir, env: processEnv(image, build.identity, false), resources: spec.resources },
     };
     if (spec.workspace.sync === 'watch') record.sync = syncSettings(source.dir, spec.workspace);
+    const specStat = currentSpecStat(source.file, source.digest);
+    if (specStat) record.specStat = specStat;
     writeRecord(record);
     await build.store.setRefs(id, [image.key]);
     if (record.sync) {
@@ -331,7 +356,7 @@ export function shellProcess(env: PreparedEnvironment, options: { root: boolean;
   const shell = env.spec.user.shell;
   return {
     argv: [shell, '-l'],
-    env: processEnv(env.image, env.identity, options.root, { PS1: `(${env.spec.name}) \\u@\\h:\\w\\$ `, ENVY_ENV: env.spec.name }),
+    env: processEnv(env.image, env.identity, options.root, shellEnv(env.spec.name, processEnv(env.image, env.identity, options.root))),
     cwd: env.spec.workdir,
     root: options.root,
     identity: env.identity,

@@ -227,7 +227,8 @@ class LayerWriter {
   /** Entries that a hard link may point at: regular files, symlinks and earlier hard links. */
   private readonly linkable = new Set<string>();
   private readonly dirs = new Map<string, PendingDir>();
-  private readonly whiteouts = new Set<string>();
+  /** Hidden path → the whiteout entry's mtime (the device node gets it: an export re-tars it as it came). */
+  private readonly whiteouts = new Map<string, Date>();
   private readonly opaque = new Set<string>();
   private readonly fifos: { rel: string; mode: number; mtime: Date; uid: number; gid: number }[] = [];
   /** Non-directory paths this layer created (the dest started empty). */
@@ -264,7 +265,7 @@ class LayerWriter {
       ...this.result,
       diffId: hasher.digest(),
       tarSize: hasher.size,
-      whiteouts: [...this.whiteouts].sort(),
+      whiteouts: [...this.whiteouts.keys()].sort(),
       opaqueDirs: [...this.opaque].sort(),
     };
   }
@@ -365,7 +366,7 @@ class LayerWriter {
       if (base.startsWith(`${WHITEOUT_PREFIX}${WHITEOUT_PREFIX}`)) return;
       const hidden = base.slice(WHITEOUT_PREFIX.length);
       if (hidden === '' || hidden === '.' || hidden === '..') throw this.reject(name, 'is a whiteout without a name');
-      this.whiteouts.add(parent === '' ? hidden : `${parent}/${hidden}`);
+      this.whiteouts.set(parent === '' ? hidden : `${parent}/${hidden}`, mtime);
       return;
     }
 
@@ -466,12 +467,16 @@ class LayerWriter {
 
   private async finish(): Promise<void> {
     // A whiteout next to a same-named entry of the same layer hides nothing of this layer (OCI spec): the entry stays.
-    const whiteouts = [...this.whiteouts].filter((rel) => !exists(join(this.root, rel)));
+    const whiteouts = [...this.whiteouts.keys()].filter((rel) => !exists(join(this.root, rel)));
     if (whiteouts.length > 0) {
       await run('sh', ['-c', 'for p do mknod -- "$p" c 0 0 || exit 1; done', 'sh', ...whiteouts.map((rel) => join(this.root, rel))], {
         errorCode: 'IMAGE',
         hint: 'overlay whiteouts are 0/0 character devices, which Linux lets unprivileged users create since 5.8',
       });
+      for (const rel of whiteouts) {
+        const mtime = this.whiteouts.get(rel)!;
+        lutimesSync(join(this.root, rel), mtime, mtime);
+      }
     }
     if (this.opaque.size > 0) {
       for (const rel of this.opaque) mkdirSync(join(this.root, rel), { recursive: true });

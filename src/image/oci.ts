@@ -62,6 +62,7 @@ export function parseImageConfig(raw: OciImageConfig, manifest: Pick<OciManifest
   }
   const c = raw.config ?? {};
   const config: ImageConfig = { env: c.Env ?? [] };
+  if (typeof raw.created === 'string' && !Number.isNaN(Date.parse(raw.created))) config.created = raw.created;
   if (c.Cmd) config.cmd = c.Cmd;
   if (c.Entrypoint) config.entrypoint = c.Entrypoint;
   if (c.WorkingDir) config.workdir = c.WorkingDir;

@@ -83,6 +83,8 @@ export class NamespaceRuntime implements Runtime {
       // init forwards SIGTERM to every process of the environment and exits when they are gone;
       // whatever ignores it dies with init: the kernel kills a pid namespace whose init exits.
       signal(init.pid, 'SIGTERM');
+      // A stopped (SIGSTOP, frozen) init would sit on the SIGTERM until the grace period runs out.
+      signal(init.pid, 'SIGCONT');
       if (!(await waitForExit(init, graceMs))) {
         signal(init.pid, 'SIGKILL');
         if (!(await waitForExit(init, KILL_WAIT_MS))) {
