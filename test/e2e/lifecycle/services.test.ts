@@ -161,7 +161,8 @@ describe('services', () => {
       follower.kill('SIGINT');
     }
     await new Promise((resolve) => follower.once('close', resolve));
-    const unknown = await run(['logs', 'nope']);
+    // -f after `logs` follows; before it, -f/--file still names env.yaml.
+    const unknown = await run(['-f', join(project.path, 'env.yaml'), 'logs', 'nope', '-f']);
     expect(unknown.code).toBe(2);
     expect(unknown.stderr).toMatch(/^envy: .*env\.yaml: there is no service "nope"\nhint: services: db, stubborn, web, crasher, once, chatty\n$/);
     const numbers = [...out.matchAll(/^line (\d+) /gm)].map((m) => Number(m[1]));
