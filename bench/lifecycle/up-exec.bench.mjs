@@ -80,7 +80,8 @@ try {
     }
   }
 } finally {
-  if (podman) spawnSync('sh', ['-c', `${podman} rm -f -t 0 envy-bench`], { stdio: 'ignore' });
+  // `system migrate` also ends rootless podman's pause process, which would outlive the bench.
+  if (podman) spawnSync('sh', ['-c', `${podman} rm -f -t 0 envy-bench; ${podman} system migrate`], { stdio: 'ignore' });
   for (const name of Object.keys(projects)) {
     try {
       sh(envy(join(work, name), 'down --rm --quiet'));

@@ -15,7 +15,8 @@ export interface GlobalArgs {
 export async function runCli(argv: string[], version: string): Promise<number> {
   // `envy logs -f` follows, as tail, docker and journalctl do; elsewhere -f is --file, which logs
   // still takes in its long form.
-  if (argv[0] === 'logs') argv = argv.map((arg) => (arg === '-f' ? '--follow' : arg));
+  const command = commandIndex(argv);
+  if (argv[command] === 'logs') argv = argv.map((arg, i) => (i > command && arg === '-f' ? '--follow' : arg));
   let exitCode = 0;
   const setExit = (code: number): void => {
     exitCode = code;
@@ -129,7 +130,8 @@ export async function runCli(argv: string[], version: string): Promise<number> {
         y
           .positional('service', { type: 'string', describe: 'The service (default: all, each line prefixed with its name)' })
           .option('follow', { type: 'boolean', default: false, describe: 'Keep printing new output (-f)' })
-          .option('tail', { alias: 'n', type: 'number', describe: 'Only the last N lines' }),
+          .option('tail', { alias: 'n', type: 'number', describe: 'Only the last N lines' })
+          .option('hooks', { type: 'boolean', default: false, describe: 'The output of hooks.onCreate and hooks.postStart instead' }),
       async (args) => setExit(await (await import('./logs.js')).run(args)),
     )
     // The per-environment service supervisor that `envy up` starts; not for people.
@@ -206,4 +208,14 @@ export async function runCli(argv: string[], version: string): Promise<number> {
 
   await cli.parseAsync();
   return exitCode;
+}
+
+/** Where the command name is: the first word that is not an option or the value of -f/--file. */
+function commandIndex(argv: string[]): number {
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '-f' || arg === '--file') i++;
+    else if (!arg.startsWith('-')) return i;
+  }
+  return -1;
 }

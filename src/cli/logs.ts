@@ -1,18 +1,19 @@
 /**
- * `envy logs [SERVICE] [-f] [-n N]`: the services' output, from the size-rotated files the
+ * `envy logs [SERVICE | --hooks] [-f] [-n N]`: the services' (or hooks') output, from the size-rotated files the
  * supervisor writes. Without SERVICE, the combined log (every line prefixed with its service, in
  * arrival order). -f keeps following, across rotation, until Ctrl-C.
  */
 import { readFileSync } from 'node:fs';
 import { LogFollower, logGenerations } from '../env/service-log.js';
-import { serviceLogPath, servicesPaths } from '../env/services.js';
+import { hooksLogPath, serviceLogPath, servicesPaths } from '../env/services.js';
 import { EnvyError } from '../errors.js';
 import { environmentId, readRecord } from '../state/environments.js';
 import { loadProject } from './project.js';
 
-export async function run(args: { file?: string; service?: string; follow: boolean; tail?: number }): Promise<number> {
+export async function run(args: { file?: string; service?: string; follow: boolean; tail?: number; hooks?: boolean }): Promise<number> {
   const project = await loadProject(args.file);
   const id = environmentId(project.source.dir, project.spec.name);
+  if (args.hooks && args.service !== undefined) throw new EnvyError('USAGE', 'envy logs: name a service or --hooks, not both');
   if (args.service !== undefined && !project.spec.services.some((s) => s.name === args.service)) {
     const names = project.spec.services.map((s) => s.name);
     throw new EnvyError('USAGE', `${project.source.file}: there is no service "${args.service}"`, {
@@ -22,7 +23,7 @@ export async function run(args: { file?: string; service?: string; follow: boole
   if (!readRecord(id)) {
     throw new EnvyError('USAGE', `${project.spec.name} has not been brought up yet, so there are no logs`, { hint: 'envy up starts it' });
   }
-  const path = args.service !== undefined ? serviceLogPath(id, args.service) : servicesPaths(id).combined;
+  const path = args.hooks ? hooksLogPath(id) : args.service !== undefined ? serviceLogPath(id, args.service) : servicesPaths(id).combined;
   // The rotated files, then the live one through the follower, so nothing written meanwhile is lost or doubled.
   const rotated = logGenerations(path).filter((file) => file !== path);
   const follower = new LogFollower(path, false);

@@ -5,7 +5,7 @@
  * in it (starting it when down), `down` stops it and `down --rm` forgets it.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
+import { appendFileSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_PATH, HOST_BASE_LABEL, envFromList } from '../build/executor.js';
@@ -29,7 +29,8 @@ import {
 import { acquireLock, type Lock } from '../state/lock.js';
 import { ENVY_DIR_INSIDE, PROFILE_INSIDE, prepareInsideDir, shellEnv } from './attach.js';
 import { buildProject } from './build.js';
-import { applyServices, readServicesRequest, serviceDigest, servicesReport, stopServices, supervisorOwner, type ServiceStatus } from './services.js';
+import { LogFollower, logMaxBytes, rotateFiles } from './service-log.js';
+import { applyServices, clearServices, hooksLogPath, readServicesRequest, serviceDigest, servicesReport, stopServices, supervisorOwner, type ServiceStatus } from './services.js';
 import { flushWorkspaceSync, startWorkspaceSync, stopWorkspaceSync, syncSettings, workspaceSyncPaths } from './workspace-sync.js';
 
 export const STOP_GRACE_MS = 10_000;
@@ -202,7 +203,7 @@ export async function up(project: Project, options: { frozen: boolean; reporter:
       const changed = changedServices(id, spec.services);
       notes.push(changed.length > 0 ? `services changed: ${changed.join(', ')}; the rest keep running` : 'env.yaml changed, but nothing that needs a restart');
       writeRecord(record);
-      const services = spec.services.length > 0 ? (await applyServices(id, spec.services)).services : (await stopServices(id), []);
+      const services = spec.services.length > 0 ? (await applyServices(id, spec.services)).services : (await clearServices(id), []);
       return { record, config, image, identity: build.identity, spec, unchanged: false, built: build.built.length, notes, services };
     }
     if (running) {
@@ -250,33 +251,70 @@ export async function up(project: Project, options: { frozen: boolean; reporter:
     await runtime.start(config);
     const prepared: PreparedEnvironment = { record, config, image, identity: build.identity, spec };
     if (!record.created) {
-      await runHooks(prepared, runtime, 'onCreate', spec.hooks.onCreate);
+      await runHooks(prepared, runtime, 'onCreate', spec.hooks.onCreate, { log: true });
       record.created = true;
       writeRecord(record);
     }
-    await runHooks(prepared, runtime, 'postStart', spec.hooks.postStart);
+    await runHooks(prepared, runtime, 'postStart', spec.hooks.postStart, { log: true });
     // A supervisor left from a run whose environment died is gone by now (it follows its environment).
-    const services = spec.services.length > 0 ? (await applyServices(id, spec.services)).services : [];
+    const services = spec.services.length > 0 ? (await applyServices(id, spec.services)).services : (await clearServices(id), []);
     return { ...prepared, unchanged: false, built: build.built.length, notes, services };
   } finally {
     lock.release();
   }
 }
 
-export async function runHooks(env: PreparedEnvironment, runtime: NamespaceRuntime, name: string, commands: string[]): Promise<void> {
+/**
+ * Run hooks in order; the first failure stops them. With `log`, their output goes to the
+ * environment's hooks log (`envy logs --hooks`) and is followed from there to stdout. A file, not
+ * a pipe: a process a hook leaves in the background keeps a valid stdout after `up` exits.
+ */
+export async function runHooks(env: PreparedEnvironment, runtime: NamespaceRuntime, name: string, commands: string[], options: { log?: boolean } = {}): Promise<void> {
   for (const command of commands) {
-    const code = await runtime.exec(env.config, {
-      argv: ['/bin/sh', '-c', command],
-      env: processEnv(env.image, env.identity, false),
-      cwd: env.spec.workdir,
-      root: false,
-      identity: env.identity,
-      tty: false,
-    });
+    let code: number;
+    if (options.log) {
+      const path = hooksLogPath(env.record.id);
+      mkdirSync(environmentPaths(env.record.id).logs, { recursive: true });
+      try {
+        if (statSync(path).size > logMaxBytes()) rotateFiles(path);
+      } catch {
+        // no log yet
+      }
+      appendFileSync(path, `[envy] ${new Date().toISOString()} hooks.${name}: ${command}\n`);
+      const follower = new LogFollower(path, true);
+      const fd = openSync(path, 'a');
+      const echo = (): void => {
+        const data = follower.read();
+        if (data.length > 0) process.stdout.write(data);
+      };
+      const timer = setInterval(echo, 100);
+      try {
+        code = await runHook(env, new NamespaceRuntime({ stdio: ['inherit', fd, fd] }), command);
+      } finally {
+        clearInterval(timer);
+        closeSync(fd);
+        echo();
+        follower.close();
+      }
+      appendFileSync(path, `[envy] hooks.${name} exited with code ${code}\n`);
+    } else {
+      code = await runHook(env, runtime, command);
+    }
     if (code !== 0) {
-      throw new EnvyError('COMMAND', `hooks.${name} failed with exit code ${code}: ${command}`, { hint: 'fix the hook in env.yaml and run envy up again' });
+      throw new EnvyError('COMMAND', `hooks.${name} failed with exit code ${code}: ${command}`, { hint: `fix the hook in env.yaml and run envy up again${options.log ? ' (envy logs --hooks shows its output)' : ''}` });
     }
   }
+}
+
+function runHook(env: PreparedEnvironment, runtime: NamespaceRuntime, command: string): Promise<number> {
+  return runtime.exec(env.config, {
+    argv: ['/bin/sh', '-c', command],
+    env: processEnv(env.image, env.identity, false),
+    cwd: env.spec.workdir,
+    root: false,
+    identity: env.identity,
+    tty: false,
+  });
 }
 
 /** The running environment of a project, starting it (with `up`) when it is down or env.yaml changed. */

@@ -48,14 +48,19 @@ export class RotatingLog {
 
   private rotate(): void {
     closeSync(this.fd);
-    rmSync(`${this.path}.${LOG_KEEP}`, { force: true });
-    for (let i = LOG_KEEP - 1; i >= 1; i--) {
-      if (existsSync(`${this.path}.${i}`)) renameSync(`${this.path}.${i}`, `${this.path}.${i + 1}`);
-    }
-    renameSync(this.path, `${this.path}.1`);
+    rotateFiles(this.path);
     this.fd = openSync(this.path, 'a', 0o644);
     this.size = 0;
   }
+}
+
+/** NAME.log -> NAME.log.1 -> ... -> NAME.log.KEEP; the oldest is dropped. */
+export function rotateFiles(path: string): void {
+  rmSync(`${path}.${LOG_KEEP}`, { force: true });
+  for (let i = LOG_KEEP - 1; i >= 1; i--) {
+    if (existsSync(`${path}.${i}`)) renameSync(`${path}.${i}`, `${path}.${i + 1}`);
+  }
+  if (existsSync(path)) renameSync(path, `${path}.1`);
 }
 
 /** Splits a byte stream into whole lines (the last, unterminated one is held back until more comes or flush). */

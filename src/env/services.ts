@@ -14,7 +14,7 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, mkdirSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ServiceSpec } from '../config/types.js';
 import { EnvyError } from '../errors.js';
@@ -96,6 +96,11 @@ export function servicesPaths(id: string): ServicesPaths {
 
 export function serviceLogPath(id: string, name: string): string {
   return join(servicesPaths(id).dir, `${name}.log`);
+}
+
+/** onCreate and postStart output, written by `envy up` (not the supervisor). */
+export function hooksLogPath(id: string): string {
+  return join(environmentPaths(id).logs, 'hooks.log');
 }
 
 export function serviceDigest(service: ServiceSpec): string {
@@ -240,4 +245,11 @@ export async function stopServices(id: string): Promise<void> {
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** env.yaml has no services (any more): stop a supervisor that runs and forget the old list, so status shows none. */
+export async function clearServices(id: string): Promise<void> {
+  await stopServices(id);
+  rmSync(servicesPaths(id).status, { force: true });
+  rmSync(servicesPaths(id).spec, { force: true });
 }

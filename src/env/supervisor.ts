@@ -112,7 +112,7 @@ export async function runSupervisor(id: string): Promise<number> {
     const line = Buffer.from(`[envy] ${text}\n`);
     service.log.write(line);
     combined.write(Buffer.concat([Buffer.from(`${service.spec.name} | `), line]));
-    say(`${service.spec.name}: ${text}`);
+    // Not also in supervisor.log: that file is not rotated, and a crash loop would grow it forever.
   };
 
   const helperArgs = (service: ServiceSpec, argv: string[]): string[] => {

@@ -64,7 +64,10 @@ function spec(extra: string[] = [], webCommand = polite('web')): string {
     'name: svc',
     'base: {host: true}',
     'hooks:',
-    '  postStart: echo poststart > /workspace/poststart-done',
+    '  postStart:',
+    "    - 'echo poststart-ran; echo poststart > /workspace/poststart-done'",
+    // Left running by a hook: its output must not break (SIGPIPE) once up has exited.
+    "    - '(sleep 1; echo late-from-background) &'",
     'services:',
     '  db:',
     `    run: ${polite('db')}`,
@@ -103,8 +106,14 @@ describe('services', () => {
 
   test('up starts the services after postStart, in file order, and lists them', async () => {
     const result = ok(await run(['up']));
+    // Read at once, all generations: chatty fills a 4 KiB log in under a second.
+    const logs = join(home.path, 'environments', readdirSync(join(home.path, 'environments'))[0]!, 'logs');
+    const log = ['services.log.3', 'services.log.2', 'services.log.1', 'services.log'].map((f) => (existsSync(join(logs, f)) ? readFileSync(join(logs, f), 'utf8') : '')).join('');
     expect(result.stdout).toMatch(/services: db ready, stubborn running, web running, crasher \S+, once \S+, chatty running/);
-    const log = readFileSync(join(home.path, 'environments', readdirSync(join(home.path, 'environments'))[0]!, 'logs', 'services.log'), 'utf8');
+    // Hook output reaches the terminal and the hooks log.
+    expect(result.stdout).toMatch(/^poststart-ran$/m);
+    const hooksLog = ok(await run(['logs', '--hooks'])).stdout;
+    expect(hooksLog).toMatch(/^\[envy\] \S+ hooks\.postStart: echo poststart-ran.*\npoststart-ran\n\[envy\] hooks\.postStart exited with code 0\n/);
     const started = [...log.matchAll(/^(\S+) \| \[envy\] started/gm)].map((m) => m[1]);
     expect(started.slice(0, 6)).toEqual(['db', 'stubborn', 'web', 'crasher', 'once', 'chatty']);
     // db became ready before the next one started.
@@ -114,6 +123,7 @@ describe('services', () => {
     // Reachable as a process of the environment: envy exec sees it in the environment's pid namespace.
     const ps = ok(await run(['exec', '--', 'sh', '-c', 'cat /proc/[0-9]*/cmdline | tr "\\0" " "']));
     expect(ps.stdout).toContain('stubborn up');
+    await waitFor('the background output', async () => (await run(['logs', '--hooks'])).stdout.includes('late-from-background\n'), 10_000);
   });
 
   test('a crashing service is restarted with backoff; restart: no is not', async () => {
@@ -151,7 +161,8 @@ describe('services', () => {
       follower.kill('SIGINT');
     }
     await new Promise((resolve) => follower.once('close', resolve));
-    const unknown = await run(['logs', 'nope']);
+    // -f after `logs` follows; before it, -f/--file still names env.yaml.
+    const unknown = await run(['-f', join(project.path, 'env.yaml'), 'logs', 'nope', '-f']);
     expect(unknown.code).toBe(2);
     expect(unknown.stderr).toMatch(/^envy: .*env\.yaml: there is no service "nope"\nhint: services: db, stubborn, web, crasher, once, chatty\n$/);
     const numbers = [...out.matchAll(/^line (\d+) /gm)].map((m) => Number(m[1]));
@@ -271,5 +282,13 @@ describe('services', () => {
     expect(environment.state).toBe('stopped');
     for (const service of environment.services) expect(service.state).toBe('stopped');
     await waitFor('the supervisor to exit', () => !alive(supervisorPid), 5_000);
+  });
+
+  test('env.yaml without services: up forgets the old list', async () => {
+    await writeSpec('name: svc\nbase: {host: true}\n');
+    const result = ok(await run(['up']));
+    expect(result.stdout).not.toContain('services:');
+    expect((await services()).size).toBe(0);
+    expect(ok(await run(['status'])).stdout).not.toContain('services:');
   });
 });
