@@ -173,10 +173,10 @@ export async function up(project: Project, options: { frozen: boolean; reporter:
         // The last up started it but its onCreate failed or was interrupted: finish that, once.
         const prepared: PreparedEnvironment = { record: previous, config, image, identity: build.identity, spec };
         notes.push('hooks.onCreate did not complete last time: running it now');
-        await runHooks(prepared, runtime, 'onCreate', spec.hooks.onCreate);
+        await runHooks(prepared, runtime, 'onCreate', spec.hooks.onCreate, { log: true });
         previous.created = true;
         writeRecord(previous);
-        await runHooks(prepared, runtime, 'postStart', spec.hooks.postStart);
+        await runHooks(prepared, runtime, 'postStart', spec.hooks.postStart, { log: true });
         finished = true;
       }
       // So may the supervisor: a new one ends what the old one left and starts the services again.
