@@ -277,6 +277,9 @@ export class Executor {
           skippedDevices: 0,
           whiteouts: snapshot.whiteouts,
           opaqueDirs: snapshot.opaqueDirs,
+          // The upper dir was written inside the namespace and moved as it is: its owners are the image's.
+          // Without this, export wrote every file of a step layer as 0:0 (the user's home became root's).
+          chowned: true,
           owners: {},
           strippedModes: {},
         } as ExtractResult;

@@ -2,16 +2,30 @@
  * `envy attach --stdio` (the ProxyCommand of `envy ssh-config`): start the environment if needed and
  * run its sshd in inetd mode on this process's stdin/stdout. `envy ssh-config`: print the Host entry.
  */
-import { realpathSync } from 'node:fs';
+// Only what the fast path needs is imported up front: yaml, ajv, the plan and the store load on demand.
+import { existsSync, realpathSync } from 'node:fs';
 import { EnvyError } from '../errors.js';
-import { HOST_BASE_LABEL } from '../build/executor.js';
-import { NamespaceRuntime } from '../runtime/namespace/runtime.js';
 import { runningInit } from '../runtime/namespace/state.js';
-import { environmentId } from '../state/environments.js';
-import { loadProject } from './project.js';
 
 function settingsFor(spec: { name: string; workdir: string; user: { shell: string } }, identity: { name: string }, env: Record<string, string>) {
   return { user: identity.name, env, workdir: spec.workdir, shell: spec.user.shell, envName: spec.name };
+}
+
+/**
+ * Editors open several connections: when the environment runs and env.yaml is what the last attach
+ * wrote sshd's files from, skip yaml, plan and store (the exec fast path's checks) and start sshd.
+ */
+async function fastAttach(file: string | undefined): Promise<number | undefined> {
+  const [{ tryFastExec, currentRecord }, attach] = await Promise.all([import('./exec-fast.js'), import('../env/attach.js')]);
+  const record = currentRecord(file);
+  if (!record) return undefined;
+  const paths = attach.attachPaths(record.id);
+  const written = attach.serverFilesDigest(record.id);
+  if (written === undefined || written !== record.specDigest || !existsSync(paths.clientKey)) return undefined;
+  const init = runningInit(record.id);
+  const sshd = init ? attach.findSshd(init.pid) : undefined;
+  if (!sshd?.sshd || !sshd.mounted) return undefined;
+  return tryFastExec({ file, argv: [sshd.sshd, '-i', '-e', '-f', `${attach.ENVY_DIR_INSIDE}/sshd_config`], env: {}, root: false });
 }
 
 export async function run(args: { file?: string; stdio: boolean }): Promise<number> {
@@ -20,10 +34,15 @@ export async function run(args: { file?: string; stdio: boolean }): Promise<numb
       hint: 'envy ssh-config prints a Host entry for ~/.ssh/config that uses it',
     });
   }
-  const [{ ensureRunning, processEnv }, { createReporter }, attach] = await Promise.all([
+  const fast = await fastAttach(args.file);
+  if (fast !== undefined) return fast;
+  const [{ ensureRunning, processEnv }, { createReporter }, attach, { loadProject }, { NamespaceRuntime }, { HOST_BASE_LABEL }] = await Promise.all([
     import('../env/environment.js'),
     import('./ui/reporter.js'),
     import('../env/attach.js'),
+    import('./project.js'),
+    import('../runtime/namespace/runtime.js'),
+    import('../build/executor.js'),
   ]);
   const project = await loadProject(args.file);
   // stdout carries the SSH protocol: progress of a build or start goes to stderr only (ssh shows it).
@@ -37,7 +56,7 @@ export async function run(args: { file?: string; stdio: boolean }): Promise<numb
   }
   const id = env.record.id;
   await attach.ensureKeys(id);
-  attach.writeServerFiles(id, settingsFor(project.spec, env.identity, processEnv(env.image, env.identity, false)));
+  attach.writeServerFiles(id, settingsFor(project.spec, env.identity, processEnv(env.image, env.identity, false)), env.record.specDigest);
   const init = runningInit(id);
   if (!init) throw new EnvyError('RUNTIME', `environment ${id} stopped while attaching`, { hint: 'envy up shows why' });
   const found = attach.findSshd(init.pid);
@@ -59,7 +78,13 @@ export async function run(args: { file?: string; stdio: boolean }): Promise<numb
 }
 
 export async function runSshConfig(args: { file?: string; host?: string }): Promise<number> {
-  const [attach, { planIdentity }, { compilePlan }] = await Promise.all([import('../env/attach.js'), import('../env/build.js'), import('../plan/compile.js')]);
+  const [attach, { planIdentity }, { compilePlan }, { loadProject }, { environmentId }] = await Promise.all([
+    import('../env/attach.js'),
+    import('../env/build.js'),
+    import('../plan/compile.js'),
+    import('./project.js'),
+    import('../state/environments.js'),
+  ]);
   const project = await loadProject(args.file);
   const id = environmentId(project.source.dir, project.spec.name);
   const identity = planIdentity(compilePlan(project.spec, project.source.dir, project.lock));

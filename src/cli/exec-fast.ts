@@ -60,16 +60,20 @@ function specUnchanged(file: string, record: EnvironmentRecord): boolean {
   return createHash('sha256').update(readFileSync(file)).digest('hex') === record.specDigest;
 }
 
-export async function tryFastExec(args: FastExecArgs): Promise<number | undefined> {
-  let file: string;
-  let record: EnvironmentRecord | undefined;
+/** The record of the project's environment when env.yaml has not changed since `up`, else undefined. */
+export function currentRecord(specFile: string | undefined): EnvironmentRecord | undefined {
   try {
-    file = args.file ? resolve(args.file) : findSpecFile(process.cwd());
-    record = listRecords().find((r) => r.specFile === file && r.projectDir === dirname(file));
-    if (!record?.exec || !specUnchanged(file, record)) return undefined;
+    const file = specFile ? resolve(specFile) : findSpecFile(process.cwd());
+    const record = listRecords().find((r) => r.specFile === file && r.projectDir === dirname(file));
+    return record?.exec && specUnchanged(file, record) ? record : undefined;
   } catch {
     return undefined;
   }
+}
+
+export async function tryFastExec(args: FastExecArgs): Promise<number | undefined> {
+  const record = currentRecord(args.file);
+  if (!record?.exec) return undefined;
   const { identity, workdir, env, resources } = record.exec;
   const runtime = new NamespaceRuntime();
   const config = { id: record.id, hostname: record.name, rootfs: { layers: [] }, mounts: [], network: 'host' as const, user: identity, resources };

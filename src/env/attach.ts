@@ -218,12 +218,29 @@ function writeIfChanged(path: string, content: string, mode: number): void {
   writeFileAtomic(path, content, mode);
 }
 
-/** Write what sshd reads (config, session script, authorized_keys): from the current env.yaml, every attach. */
-export function writeServerFiles(id: string, settings: SessionSettings): void {
+/**
+ * Write what sshd reads (config, session script, authorized_keys) from the current env.yaml, and last,
+ * the digest of the env.yaml they came from: the fast path trusts the files only while it matches.
+ */
+export function writeServerFiles(id: string, settings: SessionSettings, specDigest: string): void {
   const paths = attachPaths(id);
   writeIfChanged(join(paths.server, 'sshd_config'), sshdConfig(settings), 0o600);
   writeIfChanged(join(paths.server, 'session.sh'), sessionScript(settings), 0o644);
   writeIfChanged(join(paths.server, 'authorized_keys'), readFileSync(`${paths.clientKey}.pub`, 'utf8'), 0o600);
+  writeIfChanged(join(paths.client, 'written-from'), `${FILES_VERSION} ${specDigest}\n`, 0o600);
+}
+
+/** Bumped when the files' shape changes, so an envy upgrade rewrites them. */
+const FILES_VERSION = 'v1';
+
+/** The env.yaml digest sshd's files were written from, or undefined. */
+export function serverFilesDigest(id: string): string | undefined {
+  try {
+    const [version, digest] = readFileSync(join(attachPaths(id).client, 'written-from'), 'utf8').trim().split(' ');
+    return version === FILES_VERSION ? digest : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /**

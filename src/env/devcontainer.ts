@@ -77,8 +77,9 @@ export function devcontainerJson(input: DevContainerInput): DevContainerJson {
     image: imageReference(spec.name, input.imageKey),
     remoteUser: input.user,
     containerUser: input.user,
-    // The image's user has the host user's uid (envy's keep-id), so files in the workspace stay the user's.
-    updateRemoteUserUID: true,
+    // The image's user already has the uid of the host user who built it (envy's keep-id): the client's
+    // uid-update image build would change nothing, and costs a build (which fails on minimal images).
+    updateRemoteUserUID: false,
     workspaceFolder: spec.workdir,
     workspaceMount: mountString({ source: '${localWorkspaceFolder}', target: spec.workspace.path, type: 'bind' }),
   };

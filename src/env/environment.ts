@@ -168,6 +168,17 @@ export async function up(project: Project, options: { frozen: boolean; reporter:
       }
       // The sync process may have died (killed, crashed) while the environment ran on: bring it back.
       if (previous.sync) await startWorkspaceSync(id);
+      let finished = false;
+      if (!previous.created) {
+        // The last up started it but its onCreate failed or was interrupted: finish that, once.
+        const prepared: PreparedEnvironment = { record: previous, config, image, identity: build.identity, spec };
+        notes.push('hooks.onCreate did not complete last time: running it now');
+        await runHooks(prepared, runtime, 'onCreate', spec.hooks.onCreate, { log: true });
+        previous.created = true;
+        writeRecord(previous);
+        await runHooks(prepared, runtime, 'postStart', spec.hooks.postStart, { log: true });
+        finished = true;
+      }
       // So may the supervisor: a new one ends what the old one left and starts the services again.
       let services: ServiceStatus[] = [];
       if (spec.services.length > 0) {
@@ -184,7 +195,7 @@ export async function up(project: Project, options: { frozen: boolean; reporter:
           services = (await applyServices(id, spec.services)).services;
         }
       }
-      return { record: previous, config, image, identity: build.identity, spec, unchanged: true, built: 0, notes, services };
+      return { record: previous, config, image, identity: build.identity, spec, unchanged: !finished, built: 0, notes, services };
     }
     if (running && previous?.imageKey === image.key && previous.envDigest === envDigest) {
       // Only services changed: the environment and the unchanged services keep running.
@@ -328,7 +339,14 @@ export async function ensureRunning(project: Project, reporter: Reporter, runtim
 export async function down(project: Project, options: { remove: boolean; runtime?: NamespaceRuntime }): Promise<{ id: string; wasRunning: boolean; removed: boolean }> {
   const id = environmentId(project.source.dir, project.spec.name);
   const record = readRecord(id);
-  if (!record) return { id, wasRunning: false, removed: false };
+  if (!record) {
+    // `envy ssh-config` before any `up` leaves keys behind: --rm forgets those too.
+    if (options.remove && existsSync(environmentPaths(id).root)) {
+      removeEnvironmentDir(id);
+      return { id, wasRunning: false, removed: true };
+    }
+    return { id, wasRunning: false, removed: false };
+  }
   const runtime = options.runtime ?? new NamespaceRuntime();
   const lock = await lockEnvironment(id, undefined);
   try {

@@ -106,6 +106,29 @@ describe('envy ssh-config and envy attach --stdio with the OpenSSH client', () =
     expect(status.environments.filter((e) => e.name === 'attached').map((e) => e.state)).toEqual(['running']);
   });
 
+  test('an edited env.yaml reaches the next ssh session (sshd files are rewritten, the fast path steps aside)', async () => {
+    expect(ok(await ssh(['envy-attached', 'echo "$GREETING"'])).stdout).toBe('hello there\n');
+    const file = join(project.path, 'env.yaml');
+    writeFileSync(file, readFileSync(file, 'utf8').replace('hello there', 'changed greeting'));
+    expect(ok(await ssh(['envy-attached', 'echo "$GREETING"'])).stdout).toBe('changed greeting\n');
+    expect(ok(await ssh(['envy-attached', 'echo "$GREETING"'])).stdout).toBe('changed greeting\n');
+  });
+
+  test('down --rm after ssh-config alone (never up) forgets the keys', async () => {
+    const other = userTempDir('envy-attach-keys-');
+    try {
+      writeFileSync(join(other.path, 'env.yaml'), 'name: keysonly\nbase: {host: true}\n');
+      giveToUser(other.path);
+      ok(await envy(['ssh-config'], { cwd: other.path, env: ENV() }));
+      const dirs = (): string[] => execFileSync('ls', [join(home.path, 'environments')], { encoding: 'utf8' }).split('\n').filter((d) => d.startsWith('keysonly-'));
+      expect(dirs()).toHaveLength(1);
+      expect(ok(await envy(['down', '--rm'], { cwd: other.path, env: ENV() })).stdout).toContain('removed');
+      expect(dirs()).toEqual([]);
+    } finally {
+      other.remove();
+    }
+  });
+
   test('attach without --stdio is a usage error', async () => {
     const result = await run(['attach']);
     expect(result.code).toBe(2);

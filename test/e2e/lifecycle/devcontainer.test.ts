@@ -68,7 +68,8 @@ describe('envy devcontainer', () => {
         'hooks:',
         '  onCreate:',
         '    - echo "created $GREETING by $(id -un) in $(pwd)" > made-by-postcreate',
-        '    - echo second >> made-by-postcreate',
+        // Dev Containers clients keep markers in the user's home: it must be the user's (it was root's).
+        '    - test -w "$HOME" && echo second >> made-by-postcreate',
         '',
       ].join('\n'),
     );
@@ -76,6 +77,15 @@ describe('envy devcontainer', () => {
   });
   afterAll(async () => {
     await podman(['unshare', 'rm', '-rf', join(podmanHome, '.local/share/containers')]).catch(() => undefined);
+    // Rootless podman leaves a pause process (catatonit) per runtime dir: end ours.
+    const pause = join(podmanHome, 'run/libpod/tmp/pause.pid');
+    if (existsSync(pause)) {
+      try {
+        process.kill(Number(readFileSync(pause, 'utf8').trim()), 'SIGTERM');
+      } catch {
+        // already gone
+      }
+    }
     await runAsUser(join(envyRoot(), 'dist/envy-ns'), ['userns', '--', 'rm', '-rf', home.path]);
     home.remove();
     project.remove();
