@@ -945,6 +945,8 @@ static void handle_exec(uint32_t ch, struct rd *r) {
     if (tty) {
       int slave = open(slave_name, O_RDWR);
       if (slave < 0 || ioctl(slave, TIOCSCTTY, 0) < 0) goto child_fail;
+      /* The terminal belongs to whoever runs in it (grantpt gave it to us): tty(1), mesg, ssh agree. */
+      if (uid != UINT32_MAX && fchown(slave, uid, (gid_t)-1) < 0) goto child_fail;
       dup2(slave, 0), dup2(slave, 1), dup2(slave, 2);
       if (slave > 2) close(slave);
     } else {

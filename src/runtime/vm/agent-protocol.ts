@@ -130,6 +130,13 @@ export class Reader {
     return this.buf.readUInt8(this.offset++);
   }
 
+  u16(): number {
+    this.need(2);
+    const v = this.buf.readUInt16BE(this.offset);
+    this.offset += 2;
+    return v;
+  }
+
   u32(): number {
     this.need(4);
     const v = this.buf.readUInt32BE(this.offset);

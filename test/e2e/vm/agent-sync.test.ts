@@ -1,7 +1,7 @@
 // The sync engine over the guest agent: the host tree is a LocalTransport, the "guest" tree is served
 // by the real agent binary (running as the unprivileged test user) through AgentTransport. Edits on the
 // guest side are made the way a guest would make them: by processes the agent runs.
-import { chmodSync, existsSync, mkdtempSync, lstatSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, lstatSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -158,6 +158,30 @@ describe('sync over the guest agent', () => {
       expect(readOrNull(join(side, 'shared.txt'))).toBe('host edit');
       expect(readOrNull(join(side, conflictName))).toBe('guest edit');
     }
+  });
+
+  it('two-way: an ignored directory made in the guest is neither copied nor kept under watch', async () => {
+    const p = createPair({ direction: 'two-way' });
+    write(join(p.host, '.gitignore'), 'node_modules/\n');
+    write(join(p.host, 'src/index.js'), 'x');
+    await p.engine.start();
+    await guest('mkdir -p "$1/node_modules/a/b/c" && for i in 1 2 3; do echo $i > "$1/node_modules/a/b/c/f$i"; done', p.env);
+    // Events are handled in order: once a later guest file reaches the host, the prune has been sent.
+    await guestWrite(join(p.env, 'src/after.js'), 'later');
+    await waitFor(() => readOrNull(join(p.host, 'src/after.js')) === 'later', 'a guest file after the ignored tree');
+    await p.engine.flush();
+    expect(existsSync(join(p.host, 'node_modules'))).toBe(false);
+    // The agent's inotify watches, as the kernel counts them: the root and src, nothing under node_modules.
+    const fdDir = `/proc/${agent.process.pid}/fdinfo`;
+    const watches = readdirSync(fdDir).flatMap((fd) => {
+      try {
+        return readFileSync(join(fdDir, fd), 'utf8').split('\n').filter((line) => line.startsWith('inotify wd:'));
+      } catch {
+        return [];
+      }
+    });
+    expect(watches).toHaveLength(2);
+    expect(p.errors).toEqual([]);
   });
 
   it('the transport never follows a symlink the guest planted on the way', async () => {
