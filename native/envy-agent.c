@@ -29,6 +29,7 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -63,6 +64,7 @@ enum { K_EXEC = 1, K_READ, K_HASH, K_WRITE, K_WATCH };
 /* ---------- small utilities ---------- */
 
 static int is_pid1;
+static struct rlimit child_nofile;
 
 static void logmsg(const char *fmt, ...) {
   char line[512];
@@ -940,6 +942,7 @@ static void handle_exec(uint32_t ch, struct rd *r) {
     sigemptyset(&all);
     sigprocmask(SIG_SETMASK, &all, NULL);
     signal(SIGPIPE, SIG_DFL);
+    setrlimit(RLIMIT_NOFILE, &child_nofile);
     setsid();
     const char *stage = "open the terminal";
     if (tty) {
@@ -1132,12 +1135,16 @@ static void flush_out_blocking(void) {
 
 static void power_off(void) {
   flush_out_blocking();
+  drop_all_channels();
   if (!is_pid1) exit(0);
   logmsg("shutting down");
   kill(-1, SIGTERM);
+  /* Every process left is our child (orphans are reparented to PID 1): ECHILD means all are gone.
+     kill(-1, 0) cannot tell, because kernel threads count as signalable. */
   for (int i = 0; i < 100; i++) {
-    while (waitpid(-1, NULL, WNOHANG) > 0) {}
-    if (kill(-1, 0) < 0 && errno == ESRCH) break;
+    pid_t pid;
+    while ((pid = waitpid(-1, NULL, WNOHANG)) > 0) {}
+    if (pid < 0 && errno == ECHILD) break;
     usleep(20000);
   }
   kill(-1, SIGKILL);
@@ -1397,6 +1404,12 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--stdio")) mode_stdio = 1;
     else usage();
   }
+  /* Three descriptors per exec: lift the soft limit for the agent, and give children the original
+     back (select() users break above 1024). */
+  getrlimit(RLIMIT_NOFILE, &child_nofile);
+  struct rlimit mine = child_nofile;
+  mine.rlim_cur = mine.rlim_max;
+  setrlimit(RLIMIT_NOFILE, &mine);
   is_pid1 = getpid() == 1;
   if (is_pid1) pid1_setup();
   signal(SIGPIPE, SIG_IGN);
@@ -1437,13 +1450,23 @@ int main(int argc, char **argv) {
   for (;;) {
     if (port_fd >= 0 && !host_connected && port_host_present()) host_connected = 1;
 
-    struct pollfd pfds[1024];
-    struct chan *owner[1024];
-    int which[1024]; /* 0 conn-in, 1 conn-out, 2 listen, 3 signals, 10 child in, 11 child out, 12 child err, 13 watch */
+    /* 0 conn-in, 1 conn-out, 2 listen, 3 signals, 10 child in, 11 child out, 12 child err, 13 watch */
+    static struct pollfd *pfds;
+    static struct chan **owner;
+    static int *which;
+    static size_t cap;
+    size_t need = 4;
+    for (struct chan *c = chans; c; c = c->next) need += 3;
+    if (need > cap) {
+      cap = need * 2;
+      pfds = xrealloc(pfds, cap * sizeof *pfds);
+      owner = xrealloc(owner, cap * sizeof *owner);
+      which = xrealloc(which, cap * sizeof *which);
+    }
     nfds_t n = 0;
 #define ADD(fd_, ev_, who_, c_) \
   do { \
-    if (n < 1024) pfds[n] = (struct pollfd){.fd = (fd_), .events = (ev_)}, which[n] = (who_), owner[n] = (c_), n++; \
+    pfds[n] = (struct pollfd){.fd = (fd_), .events = (ev_)}, which[n] = (who_), owner[n] = (c_), n++; \
   } while (0)
     ADD(sig_fd, POLLIN, 3, NULL);
     if (host_connected) {

@@ -131,6 +131,31 @@ describe('guest agent: exec', () => {
     });
   });
 
+  it('keeps more processes running at once than its soft descriptor limit allows pipes for', async () => {
+    // Started with a soft limit of 256 descriptors; 200 execs need 600.
+    const limited = await startAgent({ softNofile: 256 });
+    const limitedClient = await limited.connect();
+    try {
+      const results = await Promise.all(
+        Array.from({ length: 200 }, async (_, i) => {
+          const exec = limitedClient.exec({ argv: ['sh', '-c', `sleep 1; ulimit -n; exit $((${i} % 7))`], env: ENV });
+          const out = collectStream(exec.stdout);
+          const err = collectStream(exec.stderr);
+          exec.stdin.end();
+          return { code: await exec.exit, stdout: await out, stderr: await err };
+        }),
+      );
+      results.forEach((r, i) => {
+        expect(r.code, r.stderr).toBe(i % 7);
+        // Children get the agent's original soft limit back, not the one it raised for itself.
+        expect(r.stdout).toBe('256\n');
+      });
+    } finally {
+      limitedClient.close();
+      await limited.stop();
+    }
+  });
+
   it('rejects a command that cannot start with the reason', async () => {
     await expect(client.exec({ argv: ['/no/such/program'], env: ENV }).exit).rejects.toThrow(/cannot run \/no\/such\/program: No such file or directory \(ENOENT\)/);
     await expect(client.exec({ argv: ['true'], env: ENV, cwd: '/no/such/dir' }).exit).rejects.toThrow(/working directory \/no\/such\/dir/);

@@ -24,12 +24,19 @@ export interface RunningAgent {
 }
 
 /** Start the agent (optionally through an emulator such as qemu-aarch64-static) on a fresh socket. */
-export async function startAgent(options: { arch?: string; emulator?: string } = {}): Promise<RunningAgent> {
+export async function startAgent(options: { arch?: string; emulator?: string; softNofile?: number } = {}): Promise<RunningAgent> {
   const binary = agentBinary(options.arch);
   if (!existsSync(binary)) throw new Error(`${binary} was not built (see the build output)`);
   const temp = userTempDir('envy-agent-test-');
   const socket = join(temp.path, 'agent.sock');
-  const command = [...asUserArgv(), ...(options.emulator ? [options.emulator] : []), binary, '--listen', `unix:${socket}`];
+  const command = [
+    ...(options.softNofile ? ['prlimit', `--nofile=${options.softNofile}:`] : []),
+    ...asUserArgv(),
+    ...(options.emulator ? [options.emulator] : []),
+    binary,
+    '--listen',
+    `unix:${socket}`,
+  ];
   const child = spawn(command[0]!, command.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
