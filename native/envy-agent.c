@@ -33,7 +33,6 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <sys/un.h>
@@ -1355,20 +1354,23 @@ static int port_host_present(void) {
 
 /* ---------- PID 1 duties ---------- */
 
-static void mount_if_missing(const char *src, const char *target, const char *type, long magic, unsigned long flags, const char *data) {
-  struct statfs fs;
+/* The stage-1 init may have mounted some of these already: a mount point sits on another device than its parent. */
+static void mount_if_missing(const char *src, const char *target, const char *type, unsigned long flags, const char *data) {
+  struct stat here, parent;
+  char up[64];
   mkdir(target, 0755);
-  if (statfs(target, &fs) == 0 && (long)fs.f_type == magic) return;
+  snprintf(up, sizeof up, "%s/..", target);
+  if (stat(target, &here) == 0 && stat(up, &parent) == 0 && here.st_dev != parent.st_dev) return;
   if (mount(src, target, type, flags, data) < 0 && errno != EBUSY) logmsg("mount %s on %s: %s", type, target, strerror(errno));
 }
 
 static void pid1_setup(void) {
-  mount_if_missing("proc", "/proc", "proc", 0x9fa0, MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
-  mount_if_missing("sysfs", "/sys", "sysfs", 0x62656572, MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
-  mount_if_missing("devtmpfs", "/dev", "devtmpfs", 0x01021994, MS_NOSUID, "mode=0755");
-  mount_if_missing("devpts", "/dev/pts", "devpts", 0x1cd1, MS_NOSUID | MS_NOEXEC, "gid=5,mode=0620,ptmxmode=0666");
-  mount_if_missing("tmpfs", "/dev/shm", "tmpfs", 0x01021994, MS_NOSUID | MS_NODEV, "mode=1777");
-  mount_if_missing("tmpfs", "/run", "tmpfs", 0x01021994, MS_NOSUID | MS_NODEV, "mode=0755");
+  mount_if_missing("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+  mount_if_missing("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+  mount_if_missing("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
+  mount_if_missing("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "gid=5,mode=0620,ptmxmode=0666");
+  mount_if_missing("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+  mount_if_missing("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
   if (access("/dev/ptmx", F_OK) < 0) symlink("pts/ptmx", "/dev/ptmx");
   /* Loopback up: tools expect localhost even without a network device. */
   int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
