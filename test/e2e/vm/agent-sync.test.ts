@@ -123,6 +123,31 @@ describe('sync over the guest agent', () => {
     expect(p.errors).toEqual([]);
   });
 
+  it('carries bulk changes, a file turned into a directory and back, and mode changes', async () => {
+    const p = createPair();
+    await p.engine.start();
+    for (let i = 0; i < 300; i++) write(join(p.host, `bulk/d${i % 10}/f${i}.txt`), `v1 ${i}`);
+    await waitFor(() => readOrNull(join(p.env, 'bulk/d9/f299.txt')) === 'v1 299', 'bulk creates');
+    for (let i = 0; i < 300; i += 2) writeFileSync(join(p.host, `bulk/d${i % 10}/f${i}.txt`), `v2 ${i}`);
+    rmSync(join(p.host, 'bulk/d1'), { recursive: true });
+    await waitFor(() => readOrNull(join(p.env, 'bulk/d8/f298.txt')) === 'v2 298' && !existsSync(join(p.env, 'bulk/d1')), 'modifications and a deletion');
+    write(join(p.host, 'x'), 'a file');
+    await waitFor(() => readOrNull(join(p.env, 'x')) === 'a file', 'the file');
+    unlinkSync(join(p.host, 'x'));
+    write(join(p.host, 'x/inside.txt'), 'now a dir');
+    await waitFor(() => readOrNull(join(p.env, 'x/inside.txt')) === 'now a dir', 'file → dir');
+    rmSync(join(p.host, 'x'), { recursive: true });
+    write(join(p.host, 'x'), 'file again');
+    await waitFor(() => readOrNull(join(p.env, 'x')) === 'file again', 'dir → file');
+    write(join(p.host, 'tool'), '#!/bin/sh\n');
+    await waitFor(() => existsSync(join(p.env, 'tool')), 'the tool');
+    chmodSync(join(p.host, 'tool'), 0o755);
+    await waitFor(() => (lstatSync(join(p.env, 'tool')).mode & 0o777) === 0o755, 'the new mode');
+    await p.engine.flush();
+    expect(snapshot(p.env)).toEqual(snapshot(p.host));
+    expect(p.errors).toEqual([]);
+  });
+
   it('two-way: guest changes come back to the host (inotify in the agent), deletions of seen files too', async () => {
     const p = createPair({ direction: 'two-way' });
     write(join(p.host, 'from-host.txt'), 'h');
@@ -136,6 +161,11 @@ describe('sync over the guest agent', () => {
     await waitFor(() => !existsSync(join(p.host, 'from-host.txt')), 'a guest deletion of a seen file');
     await guest('mkdir -p "$1/x/y" && echo z > "$1/x/y/z.txt"', join(p.env, 'tree'));
     await waitFor(() => readOrNull(join(p.host, 'tree/x/y/z.txt')) === 'z\n', 'a directory tree made at once in the guest');
+    // A directory moved in from outside the tree, and one renamed inside it (the agent re-watches both).
+    await guest('mkdir -p "$1/in/deep" && echo m > "$1/in/deep/m.txt" && mv "$1/in" "$2/moved-in"', join(agent.dir, `outside-${counter}`), p.env);
+    await waitFor(() => readOrNull(join(p.host, 'moved-in/deep/m.txt')) === 'm\n', 'a directory moved into the guest tree');
+    await guest('mv "$1/moved-in" "$1/renamed" && echo later > "$1/renamed/deep/later.txt"', p.env);
+    await waitFor(() => readOrNull(join(p.host, 'renamed/deep/later.txt')) === 'later\n' && !existsSync(join(p.host, 'moved-in')), 'a write inside a renamed directory');
     await p.engine.flush();
     expect(snapshot(p.env)).toEqual(snapshot(p.host));
     expect(p.engine.status().conflicts).toEqual([]);
