@@ -142,6 +142,94 @@ export interface FileResult {
   data: Buffer[];
 }
 
+/** A connection that has exchanged hellos, before anyone reads frames from it. */
+export interface AgentLink {
+  socket: Socket;
+  hello: AgentHello;
+  decoder: FrameDecoder;
+  /** Frames that arrived with the hello. */
+  leftover: DecodedFrame[];
+}
+
+/** Connect and exchange hellos, retrying until the agent answers (see AgentClient.connect). */
+export async function handshake(path: string, options: ConnectOptions = {}): Promise<AgentLink> {
+  const timeoutMs = options.timeoutMs ?? 30_000;
+  const retryMs = options.retryMs ?? 100;
+  const deadline = Date.now() + timeoutMs;
+  let lastProblem = 'no answer';
+  for (;;) {
+    const remaining = deadline - Date.now();
+    if (remaining <= 0) break;
+    try {
+      return await attempt(path, remaining, retryMs);
+    } catch (error) {
+      if (error instanceof EnvyError) throw error; // a version mismatch does not get better by waiting
+      lastProblem = (error as Error).message;
+    }
+    await new Promise((resolve) => setTimeout(resolve, Math.min(retryMs, Math.max(0, deadline - Date.now()))));
+  }
+  throw new EnvyError('RUNTIME', `the guest agent did not answer on ${path} within ${Math.round(timeoutMs / 1000)} s (${lastProblem})`, {
+    hint: 'see the VM console log (`envy logs --vm`) for how far the guest booted',
+  });
+}
+
+function attempt(path: string, budgetMs: number, retryMs: number): Promise<AgentLink> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(path);
+    const decoder = new FrameDecoder();
+    const nonce = Math.floor(Math.random() * 0xffffffff);
+    let knock: NodeJS.Timeout | undefined;
+    const finish = (error: Error | null, link?: AgentLink): void => {
+      clearTimeout(timer);
+      clearInterval(knock);
+      socket.removeListener('data', onData);
+      socket.removeListener('error', onError);
+      socket.removeListener('close', onClose);
+      if (error) {
+        socket.destroy();
+        reject(error);
+      } else resolve(link!);
+    };
+    const timer = setTimeout(() => finish(new Error('no hello from the agent')), budgetMs);
+    const onError = (error: Error): void => finish(error);
+    const onClose = (): void => finish(new Error('the connection closed before the agent answered'));
+    const onData = (chunk: Buffer): void => {
+      let frames: DecodedFrame[];
+      try {
+        frames = decoder.push(chunk);
+      } catch (error) {
+        finish(error as Error);
+        return;
+      }
+      const index = frames.findIndex((f) => f.type === A.hello && f.channel === 0 && f.payload.length >= 8 && f.payload.readUInt32BE(4) === nonce);
+      if (index === -1) return; // an answer to an earlier knock, or stale output: keep waiting
+      const r = new Reader(frames[index]!.payload);
+      const version = r.u32();
+      r.u32();
+      const arch = r.str();
+      const pid = r.u32();
+      if (version !== PROTOCOL_VERSION) {
+        finish(
+          new EnvyError('RUNTIME', `the guest agent speaks protocol ${version}, this envy ${PROTOCOL_VERSION}`, {
+            hint: 'restart the environment (`envy down`, then `envy up`) so the guest gets the agent of this envy',
+          }),
+        );
+        return;
+      }
+      finish(null, { socket, hello: { version, arch, pid }, decoder, leftover: frames.slice(index + 1) });
+    };
+    socket.on('data', onData);
+    socket.on('error', onError);
+    socket.on('close', onClose);
+    socket.on('connect', () => {
+      const hello = frame(H.hello, 0, new Writer().u32(PROTOCOL_VERSION).u32(nonce).done());
+      socket.write(hello);
+      // The guest may open its end of the port after our first knock was dropped: knock again.
+      knock = setInterval(() => socket.write(hello), Math.max(retryMs, 250));
+    });
+  });
+}
+
 export class AgentClient {
   private readonly channels = new Map<number, Channel>();
   private nextChannel = 1;
@@ -181,76 +269,8 @@ export class AgentClient {
    * knocking until the agent answers or the time is up.
    */
   static async connect(path: string, options: ConnectOptions = {}): Promise<AgentClient> {
-    const timeoutMs = options.timeoutMs ?? 30_000;
-    const retryMs = options.retryMs ?? 100;
-    const deadline = Date.now() + timeoutMs;
-    let lastProblem = 'no answer';
-    for (;;) {
-      const remaining = deadline - Date.now();
-      if (remaining <= 0) break;
-      try {
-        return await AgentClient.attempt(path, remaining, retryMs);
-      } catch (error) {
-        lastProblem = (error as Error).message;
-      }
-      await new Promise((resolve) => setTimeout(resolve, Math.min(retryMs, Math.max(0, deadline - Date.now()))));
-    }
-    throw new EnvyError('RUNTIME', `the guest agent did not answer on ${path} within ${Math.round(timeoutMs / 1000)} s (${lastProblem})`, {
-      hint: 'see the VM console log (`envy logs --vm`) for how far the guest booted',
-    });
-  }
-
-  private static attempt(path: string, budgetMs: number, retryMs: number): Promise<AgentClient> {
-    return new Promise((resolve, reject) => {
-      const socket = connect(path);
-      const decoder = new FrameDecoder();
-      const nonce = Math.floor(Math.random() * 0xffffffff);
-      let knock: NodeJS.Timeout | undefined;
-      const finish = (error: Error | null, client?: AgentClient): void => {
-        clearTimeout(timer);
-        clearInterval(knock);
-        socket.removeListener('data', onData);
-        socket.removeListener('error', onError);
-        socket.removeListener('close', onClose);
-        if (error) {
-          socket.destroy();
-          reject(error);
-        } else resolve(client!);
-      };
-      const timer = setTimeout(() => finish(new Error('no hello from the agent')), budgetMs);
-      const onError = (error: Error): void => finish(error);
-      const onClose = (): void => finish(new Error('the connection closed before the agent answered'));
-      const onData = (chunk: Buffer): void => {
-        let frames: DecodedFrame[];
-        try {
-          frames = decoder.push(chunk);
-        } catch (error) {
-          finish(error as Error);
-          return;
-        }
-        const index = frames.findIndex((f) => f.type === A.hello && f.channel === 0 && f.payload.length >= 8 && f.payload.readUInt32BE(4) === nonce);
-        if (index === -1) return; // an answer to an earlier knock, or stale output: keep waiting
-        const r = new Reader(frames[index]!.payload);
-        const version = r.u32();
-        r.u32();
-        const arch = r.str();
-        const pid = r.u32();
-        if (version !== PROTOCOL_VERSION) {
-          finish(new EnvyError('RUNTIME', `the guest agent speaks protocol ${version}, this envy ${PROTOCOL_VERSION}`, { hint: 'rebuild the environment so its agent matches this envy (`envy up --rebuild`)' }));
-          return;
-        }
-        finish(null, new AgentClient(socket, { version, arch, pid }, decoder, frames.slice(index + 1)));
-      };
-      socket.on('data', onData);
-      socket.on('error', onError);
-      socket.on('close', onClose);
-      socket.on('connect', () => {
-        const hello = frame(H.hello, 0, new Writer().u32(PROTOCOL_VERSION).u32(nonce).done());
-        socket.write(hello);
-        // The guest may open its end of the port after our first knock was dropped: knock again.
-        knock = setInterval(() => socket.write(hello), Math.max(retryMs, 250));
-      });
-    });
+    const link = await handshake(path, options);
+    return new AgentClient(link.socket, link.hello, link.decoder, link.leftover);
   }
 
   get closed(): boolean {
