@@ -174,6 +174,24 @@ function checkHelper(): CheckResult {
   }
 }
 
+/** The VM guest agents: compiled with the helper, the other architecture's only with a cross compiler. */
+function checkAgents(): CheckResult[] {
+  const hostArch = process.arch === 'arm64' ? 'aarch64' : 'x86_64';
+  return (['x86_64', 'aarch64'] as const).map((arch) => {
+    const base = { id: `agent-${arch}`, title: `VM guest agent for ${arch}`, severity: 'optional' as const };
+    const path = join(packageRoot(), 'dist', `envy-agent-${arch}`);
+    if (existsSync(path)) return { ...base, ok: true, detail: path };
+    const aptPackage = arch === hostArch ? 'libc6-dev' : arch === 'aarch64' ? 'gcc-aarch64-linux-gnu libc6-dev-arm64-cross' : 'gcc-x86-64-linux-gnu libc6-dev-amd64-cross';
+    return {
+      ...base,
+      ok: false,
+      detail: `${path} is missing: \`backend: vm\` guests of this architecture cannot run commands (it is compiled from native/envy-agent.c at install)`,
+      fix: `sudo apt-get install -y ${aptPackage} && (cd ${packageRoot()} && npm run build)`,
+      aptPackage,
+    };
+  });
+}
+
 function checkProgram(id: string, title: string, program: string, aptPackage: string, severity: Severity, purpose: string): CheckResult {
   const path = findInPath(program);
   return path
@@ -244,6 +262,7 @@ export async function runChecks(): Promise<CheckResult[]> {
     checkProgram('qemu-aarch64', 'qemu aarch64 (arm64 VMs)', 'qemu-system-aarch64', 'qemu-system-arm', 'optional', 'needed for `backend: {type: vm, arch: aarch64}`'),
     checkProgram('qemu-img', 'qemu-img (VM disks)', 'qemu-img', 'qemu-utils', 'optional', 'needed for `backend: vm`'),
     checkKvm(),
+    ...checkAgents(),
     checkCgroups(),
     checkDisk(),
   ];

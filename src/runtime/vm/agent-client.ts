@@ -127,6 +127,8 @@ export class AgentExec {
   signal(signal: number | NodeJS.Signals): void {
     if (this.finished) return;
     const n = typeof signal === 'number' ? signal : osConstants.signals[signal];
+    // The agent treats a bad signal number as a broken stream, which would end every channel.
+    if (!Number.isInteger(n) || n < 1 || n > 64) throw new EnvyError('USAGE', `no such signal: ${String(signal)}`);
     this.client.sendFrame(H.signal, this.channel, new Writer().u32(n).done());
   }
 
