@@ -262,6 +262,7 @@ struct chan {
   struct buf inq;
   int in_eof, exited, status;
   int64_t exited_at;
+  uint64_t after_exit; /* output bytes read after the exit */
   /* read, hash, write */
   int fd;
   struct sha256 sha;
@@ -1043,6 +1044,14 @@ static int pump_output(struct chan *c, int *fd, uint8_t type) {
   if (n > 0) {
     send_frame(type, c->id, data, (size_t)n);
     c->credit -= (uint32_t)n;
+    /* What the process left in the pipe is at most a pipe's capacity (1 MiB at the most, see
+       pipe-max-size); more means a background process keeps writing, and it must not hold the exit
+       status back forever. */
+    if (c->exited && (c->after_exit += (uint64_t)n) > (1u << 20) + CHUNK) {
+      closefd(fd);
+      if (c->tty && fd == &c->out_fd) closefd(&c->in_fd);
+      exec_maybe_finish(c);
+    }
     return 1;
   }
   if (n < 0 && errno == EINTR) return 1;

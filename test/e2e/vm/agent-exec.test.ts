@@ -156,6 +156,27 @@ describe('guest agent: exec', () => {
     }
   });
 
+  it('does not let a background process that keeps writing hold the exit status back', async () => {
+    const exec = client.exec({ argv: ['sh', '-c', '(yes &); sleep 0.2; exit 4'], env: ENV });
+    let seen = 0;
+    // A slow consumer keeps the pipe busy; the exit must still come (an empty pipe after the exit ends the
+    // stream; the 1 MiB cap after the exit covers a writer that never lets it run empty).
+    exec.stdout.pipe(
+      new Writable({
+        highWaterMark: 1024,
+        write(chunk: Buffer, _e, cb) {
+          seen += chunk.length;
+          setTimeout(cb, 2);
+        },
+      }),
+    );
+    exec.stderr.resume();
+    exec.stdin.end();
+    expect(await exec.exit).toBe(4);
+    expect(seen).toBeGreaterThan(0);
+    // The orphaned `yes` now writes into a closed pipe and dies of SIGPIPE.
+  }, 20_000);
+
   it('rejects a command that cannot start with the reason', async () => {
     await expect(client.exec({ argv: ['/no/such/program'], env: ENV }).exit).rejects.toThrow(/cannot run \/no\/such\/program: No such file or directory \(ENOENT\)/);
     await expect(client.exec({ argv: ['true'], env: ENV, cwd: '/no/such/dir' }).exit).rejects.toThrow(/working directory \/no\/such\/dir/);
