@@ -1,13 +1,15 @@
 // The guest agent's exec path, for real: the static agent binary runs on the host as the unprivileged
 // test user over a unix socket, and the host client drives it (no VM needed for the protocol).
 import { createHash, randomBytes } from 'node:crypto';
+import { spawn } from 'node:child_process';
 import { connect } from 'node:net';
 import { PassThrough, Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentClient, execAttached, type ExecOptions } from '../../../src/runtime/vm/agent-client.js';
 import { FrameDecoder, H, A, Reader, frame, Writer } from '../../../src/runtime/vm/agent-protocol.js';
-import { collectStream, startAgent, type RunningAgent } from './agent-harness.js';
+import { asUserArgv } from '../harness.js';
+import { agentBinary, collectStream, startAgent, type RunningAgent } from './agent-harness.js';
 
 let agent: RunningAgent;
 let client: AgentClient;
@@ -218,6 +220,34 @@ describe('guest agent: exec', () => {
     expect(code).toBe(5);
     stdout.end();
     expect(await out).toBe('abc\n');
+  });
+});
+
+describe('guest agent: --stdio', () => {
+  it('serves the protocol on its stdin/stdout and exits at the end of input', async () => {
+    const argv = [...asUserArgv(), agentBinary(), '--stdio'];
+    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'inherit'] });
+    const decoder = new FrameDecoder();
+    const frames: { type: number; channel: number; payload: Buffer }[] = [];
+    child.stdout!.on('data', (d: Buffer) => frames.push(...decoder.push(d)));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    const until = async (test: () => boolean): Promise<void> => {
+      const deadline = Date.now() + 10_000;
+      while (!test()) {
+        if (Date.now() > deadline) throw new Error(`no such frame in ${JSON.stringify(frames.map((f) => [f.type, f.channel]))}`);
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+    };
+    child.stdin!.write(frame(H.hello, 0, new Writer().u32(1).u32(77).done()));
+    await until(() => frames.some((f) => f.type === A.hello && f.payload.readUInt32BE(4) === 77));
+    const exec = new Writer().u32(0).u32(0xffffffff).u32(0xffffffff).u16(0).u16(0).str('').u32(2).str('echo').str('over stdio').u32(1).str('PATH=/usr/bin:/bin');
+    child.stdin!.write(frame(H.exec, 5, exec.done()));
+    await until(() => frames.some((f) => f.type === A.exit && f.channel === 5));
+    const out = Buffer.concat(frames.filter((f) => f.type === A.stdout && f.channel === 5).map((f) => f.payload)).toString();
+    expect(out).toBe('over stdio\n');
+    expect(frames.find((f) => f.type === A.exit)!.payload.readUInt32BE(0)).toBe(0);
+    child.stdin!.end();
+    expect(await exited).toBe(0);
   });
 });
 
