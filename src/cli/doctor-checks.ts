@@ -261,6 +261,7 @@ export async function runChecks(): Promise<CheckResult[]> {
     checkProgram('qemu-x86_64', 'qemu x86_64 (VM backend)', 'qemu-system-x86_64', 'qemu-system-x86', 'optional', 'needed for `backend: vm`'),
     checkProgram('qemu-aarch64', 'qemu aarch64 (arm64 VMs)', 'qemu-system-aarch64', 'qemu-system-arm', 'optional', 'needed for `backend: {type: vm, arch: aarch64}`'),
     checkProgram('qemu-img', 'qemu-img (VM disks)', 'qemu-img', 'qemu-utils', 'optional', 'needed for `backend: vm`'),
+    checkProgram('ssh-keygen', 'ssh-keygen (envy ssh-config)', 'ssh-keygen', 'openssh-client', 'optional', 'needed to make the keys of `envy ssh-config` / `envy attach`'),
     checkKvm(),
     ...checkAgents(),
     checkCgroups(),
