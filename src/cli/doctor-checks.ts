@@ -174,6 +174,25 @@ function checkHelper(): CheckResult {
   }
 }
 
+/**
+ * The guest agent for the architecture that is not the host's (arm64 guests on an x86_64 laptop): it
+ * needs Debian's cross compiler, which a plain `npm ci` may not find. The host's own is the VM init check's.
+ */
+function checkCrossAgent(): CheckResult {
+  const arch = process.arch === 'arm64' ? 'x86_64' : 'aarch64';
+  const base = { id: 'agent-cross', title: `VM guest agent for ${arch} guests`, severity: 'optional' as const };
+  const path = join(packageRoot(), 'dist', `envy-agent-${arch}`);
+  if (existsSync(path)) return { ...base, ok: true, detail: path };
+  const aptPackage = arch === 'aarch64' ? 'gcc-aarch64-linux-gnu libc6-dev-arm64-cross' : 'gcc-x86-64-linux-gnu libc6-dev-amd64-cross';
+  return {
+    ...base,
+    ok: false,
+    detail: `${path} is missing: \`backend: vm\` guests of that architecture cannot run commands (the build cross-compiles native/envy-agent.c when it can)`,
+    fix: `sudo apt-get install -y ${aptPackage} && (cd ${packageRoot()} && npm run build)`,
+    aptPackage,
+  };
+}
+
 function checkProgram(id: string, title: string, program: string, aptPackage: string, severity: Severity, purpose: string): CheckResult {
   const path = findInPath(program);
   return path
@@ -245,6 +264,7 @@ export async function runChecks(): Promise<CheckResult[]> {
     checkProgram('qemu-img', 'qemu-img (VM disks)', 'qemu-img', 'qemu-utils', 'optional', 'needed for `backend: vm`'),
     checkProgram('ssh-keygen', 'ssh-keygen (envy ssh-config)', 'ssh-keygen', 'openssh-client', 'optional', 'needed to make the keys of `envy ssh-config` / `envy attach`'),
     checkKvm(),
+    checkCrossAgent(),
     checkCgroups(),
     checkDisk(),
   ];
