@@ -11,13 +11,14 @@
  *   agent /envy/agent             copied to /run/envy/agent in the new root and exec'd as
  *                                 PID 1 with `--port /dev/vportNpM` (the port named envy.0)
  *   port envy.0                   the virtio-serial port name the host listens on
- *   hostname NAME
+ *   hostname NAME                 (ENVY_HOSTNAME=NAME on the kernel command line wins)
  *   net 10.0.2.15/24 10.0.2.2     eth0's address and gateway (qemu user networking)
  *
  * Without an agent in the initramfs it runs a fallback: the command given on the kernel
  * command line after `--` (as init's argv), or else /bin/sh reading the agent port, each
- * as a child it waits for; when that child exits it syncs, unmounts and powers off, so a
- * one-shot boot ends with qemu exiting. Everything it says goes to /dev/console (the serial
+ * as a child it waits for (the shell again each time it ends, the command once). SIGUSR2 or
+ * SIGTERM to PID 1 (or the command ending) stops every process, remounts / read-only and powers
+ * off, so qemu exits with a clean disk. Everything it says goes to /dev/console (the serial
  * log) prefixed with `envy-init:`.
  */
 #define _GNU_SOURCE
@@ -243,6 +244,13 @@ static void stop_everything(void) {
   if (mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL) != 0) say("warning: remount / read-only: %s", strerror(errno));
 }
 
+static volatile sig_atomic_t poweroff_requested = 0;
+
+static void on_poweroff(int sig) {
+  (void)sig;
+  poweroff_requested = 1;
+}
+
 int main(int argc, char **argv) {
   if (getpid() != 1) {
     fprintf(stderr, "envy-init: must run as PID 1 of a VM's initramfs\n");
@@ -279,6 +287,11 @@ int main(int argc, char **argv) {
     else if (strcmp(line, "net") == 0) sscanf(value, "%63s %63s", net_addr, net_gw);
   }
   fclose(conf);
+
+  /* Per-environment settings come on the kernel command line (the initramfs is shared per image):
+   * the kernel hands NAME=VALUE words it does not know to init as environment variables. */
+  const char *env_hostname = getenv("ENVY_HOSTNAME");
+  if (env_hostname && *env_hostname) snprintf(hostname, sizeof hostname, "%s", env_hostname);
 
   long started = now_ms();
   for (int i = 0; i < module_count; i++) load_module(modules[i]);
@@ -321,37 +334,56 @@ int main(int argc, char **argv) {
     die("exec /run/envy/agent: %s", strerror(errno));
   }
 
-  /* The fallback: a kernel-command-line command, or a shell on the agent port. */
-  pid_t child = fork();
-  if (child < 0) die("fork: %s", strerror(errno));
-  if (child == 0) {
-    setsid();
-    if (argc > 1) {
-      execvp(argv[1], argv + 1);
-      say("exec %s: %s", argv[1], strerror(errno));
+  /* The fallback without an agent: a kernel-command-line command (one shot: power off when it
+   * ends), or a shell reading command lines from the agent port, started again if it dies, until
+   * SIGUSR2 asks for power-off. */
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_poweroff;
+  sigaction(SIGUSR2, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+  bool one_shot = argc > 1;
+  if (!one_shot && !have_port) die("no agent, no command and no port named %s: nothing to run", port_name);
+  int status = 0;
+  while (!poweroff_requested) {
+    pid_t child = fork();
+    if (child < 0) die("fork: %s", strerror(errno));
+    if (child == 0) {
+      signal(SIGUSR2, SIG_DFL);
+      signal(SIGTERM, SIG_DFL);
+      setsid();
+      if (one_shot) {
+        execvp(argv[1], argv + 1);
+        say("exec %s: %s", argv[1], strerror(errno));
+        _exit(127);
+      }
+      int fd = open(port, O_RDWR | O_NOCTTY);
+      if (fd < 0) _exit(1);
+      dup2(fd, 0);
+      dup2(fd, 1);
+      dup2(fd, 2);
+      if (fd > 2) close(fd);
+      /* One process keeps the port open for the VM's life: the driver discards what is queued
+       * on a port when its last reader closes it, so a shell that exited at a disconnect and
+       * a new one opening it would lose the next command. `read` sees EOF while no host is
+       * connected: wait and read again. */
+      execl("/bin/sh", "sh", "-c", "while :; do if IFS= read -r line; then eval \"$line\"; else sleep 0.1; fi; done", (char *)NULL);
       _exit(127);
     }
-    if (!have_port) {
-      say("no agent and no command: nothing to run");
-      _exit(1);
+    for (;;) {
+      pid_t pid = wait(&status);
+      if (pid == child) break;
+      if (pid < 0 && errno == EINTR && poweroff_requested) break;
+      if (pid < 0 && errno != EINTR) break;
     }
-    int fd = open(port, O_RDWR | O_NOCTTY);
-    if (fd < 0) _exit(1);
-    dup2(fd, 0);
-    dup2(fd, 1);
-    dup2(fd, 2);
-    if (fd > 2) close(fd);
-    execl("/bin/sh", "sh", (char *)NULL);
-    _exit(127);
+    if (one_shot) {
+      if (WIFEXITED(status)) say("command exited with %d", WEXITSTATUS(status));
+      else if (WIFSIGNALED(status)) say("command killed by signal %d", WTERMSIG(status));
+      break;
+    }
+    if (!poweroff_requested) sleep_ms(100);
   }
-  int status = 0;
-  for (;;) {
-    pid_t pid = wait(&status);
-    if (pid == child) break;
-    if (pid < 0 && errno != EINTR) break;
-  }
-  if (WIFEXITED(status)) say("command exited with %d", WEXITSTATUS(status));
-  else if (WIFSIGNALED(status)) say("command killed by signal %d", WTERMSIG(status));
+  say("powering off");
   stop_everything();
   halt_now();
   return 0;

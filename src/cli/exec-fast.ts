@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { findSpecFile } from '../config/find.js';
-import { NamespaceRuntime } from '../runtime/namespace/runtime.js';
+import { runtimeFor } from '../runtime/select.js';
 import { listRecords } from '../state/environments.js';
 
 export interface FastExecArgs {
@@ -33,7 +33,7 @@ export async function tryFastExec(args: FastExecArgs): Promise<number | undefine
   const record = listRecords().find((r) => r.specFile === file && r.projectDir === dirname(file));
   if (!record?.exec || record.specDigest !== digest) return undefined;
   const { identity, workdir, env, resources } = record.exec;
-  const runtime = new NamespaceRuntime();
+  const runtime = await runtimeFor(record.backend);
   const config = { id: record.id, hostname: record.name, rootfs: { layers: [] }, mounts: [], network: 'host' as const, user: identity, resources };
   if ((await runtime.status(config)).state !== 'running') return undefined;
   const base = args.root ? { ...env, HOME: '/root', USER: 'root', LOGNAME: 'root' } : env;
