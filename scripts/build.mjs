@@ -61,6 +61,23 @@ if (existsSync(initSource)) {
       console.error(`envy build: note: no ${arch} VM init (${why}); ` +
         (arch === hostArch ? 'install gcc and libc6-dev' : `install gcc-${arch === 'aarch64' ? 'aarch64' : 'x86-64'}-linux-gnu and libc6-dev-${arch === 'aarch64' ? 'arm64' : 'amd64'}-cross`) +
         ` for backend: vm with arch ${arch}`);
+
+// The VM guest agent: static, so one binary drops into any image (docs/vm-agent.md). The aarch64 build
+// needs Debian's cross compiler; without it the VM backend can still boot x86_64 guests.
+const agentSource = join(root, 'native/envy-agent.c');
+if (existsSync(agentSource)) {
+  const agentFlags = ['-O2', '-Wall', '-Wextra', '-Werror', '-std=gnu11', '-static', '-s'];
+  const targets = [
+    { arch: 'x86_64', cc: process.env.CC_X86_64 ?? (process.arch === 'x64' ? (process.env.CC ?? 'cc') : 'x86_64-linux-gnu-gcc'), pkg: 'gcc-x86-64-linux-gnu libc6-dev-amd64-cross' },
+    { arch: 'aarch64', cc: process.env.CC_AARCH64 ?? (process.arch === 'arm64' ? (process.env.CC ?? 'cc') : 'aarch64-linux-gnu-gcc'), pkg: 'gcc-aarch64-linux-gnu libc6-dev-arm64-cross' },
+  ];
+  for (const { arch, cc, pkg } of targets) {
+    try {
+      execFileSync(cc, [...agentFlags, '-o', join(staging, `envy-agent-${arch}`), agentSource], { stdio: ['ignore', 'inherit', 'pipe'] });
+    } catch (error) {
+      const reason = error.code === 'ENOENT' ? `${cc} is not installed` : (error.stderr?.toString().trim() || error.message.split('\n')[0]);
+      console.error(`envy build: skipped the ${arch} guest agent (${reason}); VM guests of that architecture need it: ` +
+        `sudo apt-get install -y ${pkg} && npm run build`);
     }
   }
 }
