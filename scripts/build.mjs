@@ -61,6 +61,9 @@ if (existsSync(initSource)) {
       console.error(`envy build: note: no ${arch} VM init (${why}); ` +
         (arch === hostArch ? 'install gcc and libc6-dev' : `install gcc-${arch === 'aarch64' ? 'aarch64' : 'x86-64'}-linux-gnu and libc6-dev-${arch === 'aarch64' ? 'arm64' : 'amd64'}-cross`) +
         ` for backend: vm with arch ${arch}`);
+    }
+  }
+}
 
 // The VM guest agent: static, so one binary drops into any image (docs/vm-agent.md). The aarch64 build
 // needs Debian's cross compiler; without it the VM backend can still boot x86_64 guests.
