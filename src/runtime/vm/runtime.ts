@@ -21,6 +21,8 @@ import { environmentPaths } from '../../state/environments.js';
 import { acquireLock, processStartTime } from '../../state/lock.js';
 import { stateDir } from '../../state/paths.js';
 import type { EnvironmentConfig, Identity, ProcessSpec, Runtime, RuntimeStatus } from '../types.js';
+import { AgentClient, AgentErrnoError, execAttached } from './agent-client.js';
+import { isInitAlive } from '../namespace/state.js';
 import { buildInitramfs } from './initramfs.js';
 import { prepareVmImage, type VmImage } from './image.js';
 import { chooseAccel, kvmBrokenMarker, qemuArgs, qemuBinary, type Accel } from './qemu.js';
@@ -42,8 +44,8 @@ export interface VmBoot {
 export interface VmRuntimeOptions {
   /** Progress lines (preparing the disk, why TCG). Default: stderr. */
   message?: (text: string) => void;
-  /** Where a process's output goes (default: this process's stdout). */
-  output?: (text: string) => void;
+  /** Where a process's output goes (default: this process's stdout and stderr; stdin is attached too). */
+  stdio?: { stdin: NodeJS.ReadableStream; stdout: NodeJS.WritableStream; stderr: NodeJS.WritableStream };
 }
 
 /** The state file of a running VM (run/vm.json). */
@@ -59,6 +61,8 @@ export interface VmState {
   imageKey: string;
   startedAt: string;
   agentSocket: string;
+  /** What answers on the port: envy-agent, or the fallback shell of envy-init (no agent built). */
+  channel: 'agent' | 'shell';
 }
 
 export interface VmPaths {
@@ -107,8 +111,9 @@ function readState(id: string): VmState | undefined {
   }
 }
 
+/** This very process (pid reuse aside) and not a zombie: a qemu that exited under its spawning envy stays one until that envy exits. */
 function alive(pid: number, startTime: string): boolean {
-  return processStartTime(pid) === startTime;
+  return isInitAlive({ pid, startTime });
 }
 
 function signal(pid: number, sig: NodeJS.Signals): void {
@@ -200,7 +205,7 @@ export class VmRuntime implements Runtime {
       let choice = chooseAccel(boot.arch);
       this.explainAccel(choice.accel, choice.reason);
       try {
-        return await this.bootOnce(config, boot, image, choice.accel);
+        return await this.bootOnce(config, boot, image, choice.accel, binaries.agent ? 'agent' : 'shell');
       } catch (error) {
         if (choice.accel !== 'kvm' || !(error instanceof BootFailure)) throw error;
         // KVM opened but the guest died: remember it, say so once, and use TCG.
@@ -208,7 +213,7 @@ export class VmRuntime implements Runtime {
         writeFileAtomic(kvmBrokenMarker(), `${error.summary}\n`);
         choice = { accel: 'tcg', reason: `a KVM boot failed (${error.summary})` };
         this.explainAccel(choice.accel, choice.reason);
-        return await this.bootOnce(config, boot, image, 'tcg');
+        return await this.bootOnce(config, boot, image, 'tcg', binaries.agent ? 'agent' : 'shell');
       }
     } finally {
       lock.release();
@@ -250,7 +255,7 @@ export class VmRuntime implements Runtime {
     writeFileAtomic(paths.diskMeta, `${JSON.stringify({ imageKey: image.key, backing: image.rootfs })}\n`);
   }
 
-  private async bootOnce(config: EnvironmentConfig, boot: VmBoot, image: VmImage, accel: Accel): Promise<RuntimeStatus> {
+  private async bootOnce(config: EnvironmentConfig, boot: VmBoot, image: VmImage, accel: Accel, channel: VmState['channel']): Promise<RuntimeStatus> {
     const paths = vmPaths(config.id);
     for (const path of [paths.agentSocket, paths.qmpSocket, paths.qemuPid, paths.state]) rmSync(path, { force: true });
     const args = qemuArgs({
@@ -291,6 +296,7 @@ export class VmRuntime implements Runtime {
       imageKey: image.key,
       startedAt: new Date().toISOString(),
       agentSocket: paths.agentSocket,
+      channel,
     };
     writeFileAtomic(paths.state, `${JSON.stringify(state)}\n`);
     // Interrupted mid-boot: the VM goes with us (a SIGKILL is caught by the next status() instead).
@@ -301,8 +307,8 @@ export class VmRuntime implements Runtime {
     process.once('SIGINT', abort);
     process.once('SIGTERM', abort);
     try {
-      await this.waitReady(config.id, pid, state.startTime, accel);
-      await this.provision(config, paths.agentSocket);
+      await this.waitReady(config.id, pid, state.startTime, accel, channel);
+      await this.provision(config, state);
       state.ready = true;
       delete state.owner;
       writeFileAtomic(paths.state, `${JSON.stringify(state)}\n`);
@@ -324,7 +330,7 @@ export class VmRuntime implements Runtime {
    * user's passwd and group lines (the user step's own lines go to a generated file in the build
    * namespace, so the image may lack them), hostname, hosts, and qemu's DNS forwarder.
    */
-  private async provision(config: EnvironmentConfig, socket: string): Promise<void> {
+  private async provision(config: EnvironmentConfig, state: VmState): Promise<void> {
     const quote = (v: string): string => `'${v.replace(/'/g, `'\\''`)}'`;
     const host = config.hostname.replace(/[^A-Za-z0-9.-]/g, '-').slice(0, 63);
     const lines: string[] = [`echo ${quote(host)} > /etc/hostname`, `printf '127.0.0.1\\tlocalhost\\n::1\\tlocalhost ip6-localhost ip6-loopback\\n127.0.1.1\\t%s\\n' ${quote(host)} > /etc/hosts`];
@@ -337,11 +343,37 @@ export class VmRuntime implements Runtime {
         `mkdir -p ${quote(user.home)} && chown ${user.uid}:${user.gid} ${quote(user.home)}`,
       );
     }
-    const channel = await ShellChannel.connect(socket, 5000);
+    // Mount points of the namespace backend (the workspace among them) exist as directories, so a
+    // process can start in them; their contents reach a VM only through sync (docs/vm.md).
+    for (const mount of config.mounts) lines.push(`mkdir -p ${quote(mount.target)}`);
     let output = '';
+    const code = await this.runCaptured(state, ['/bin/sh', '-c', lines.join('; ')], (text) => (output += text), 30_000);
+    if (code !== 0) throw new EnvyError('RUNTIME', `setting up the VM ${config.id} failed (exit ${code ?? 'timeout'})`, { details: output.trim().split('\n').slice(-10) });
+  }
+
+  /** Run a command as root in the guest and collect its output (stdout and stderr together). */
+  private async runCaptured(state: VmState, argv: string[], onOutput: (text: string) => void, timeoutMs: number): Promise<number | undefined> {
+    if (state.channel === 'agent') {
+      const client = await AgentClient.connect(state.agentSocket, { timeoutMs: 10_000 });
+      try {
+        const exec = client.exec({ argv, env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' }, cwd: '/', uid: 0, gid: 0 });
+        exec.stdin.end();
+        exec.stdout.on('data', (chunk: Buffer) => onOutput(chunk.toString()));
+        exec.stderr.on('data', (chunk: Buffer) => onOutput(chunk.toString()));
+        let timer: NodeJS.Timeout | undefined;
+        const timeout = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), timeoutMs)));
+        try {
+          return await Promise.race([exec.exit, timeout]);
+        } finally {
+          clearTimeout(timer);
+        }
+      } finally {
+        client.close();
+      }
+    }
+    const channel = await ShellChannel.connect(state.agentSocket, 5000);
     try {
-      const code = await channel.run(lines.join('; '), (text) => (output += text), 30_000);
-      if (code !== 0) throw new EnvyError('RUNTIME', `setting up the VM ${config.id} failed (exit ${code ?? 'timeout'})`, { details: output.trim().split('\n').slice(-10) });
+      return await channel.run(argv.map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' '), onOutput, timeoutMs);
     } finally {
       channel.close();
     }
@@ -350,7 +382,7 @@ export class VmRuntime implements Runtime {
   /** Milliseconds from spawning qemu to the guest's first answer, for the last boot. */
   lastBootMs: number | undefined;
 
-  private async waitReady(id: string, pid: number, startTime: string, accel: Accel): Promise<void> {
+  private async waitReady(id: string, pid: number, startTime: string, accel: Accel, channel: VmState['channel']): Promise<void> {
     const paths = vmPaths(id);
     const deadline = Date.now() + BOOT_TIMEOUT_MS[accel];
     const died = (): BootFailure => {
@@ -366,18 +398,29 @@ export class VmRuntime implements Runtime {
     while (Date.now() < deadline) {
       if (!alive(pid, startTime)) throw died();
       if (existsSync(paths.agentSocket)) {
-        let channel: ShellChannel | undefined;
+        if (channel === 'agent') {
+          // Short knocks, so a qemu that died is noticed within seconds, not at the deadline.
+          try {
+            const client = await AgentClient.connect(paths.agentSocket, { timeoutMs: 2000 });
+            client.close();
+            return;
+          } catch {
+            // not booted yet
+          }
+          continue;
+        }
+        let shell: ShellChannel | undefined;
         try {
-          channel = await ShellChannel.connect(paths.agentSocket, 2000);
+          shell = await ShellChannel.connect(paths.agentSocket, 2000);
           // The shell is up once it answers; until then the line waits in the port's queue.
           while (Date.now() < deadline && alive(pid, startTime)) {
-            const code = await channel.run('true', () => undefined, 1000);
+            const code = await shell.run('true', () => undefined, 1000);
             if (code === 0) return;
           }
         } catch {
           // qemu not listening yet
         } finally {
-          channel?.close();
+          shell?.close();
         }
       }
       await new Promise((resolve) => setTimeout(resolve, POLL_MS));
@@ -392,15 +435,38 @@ export class VmRuntime implements Runtime {
     const state = this.runningState(config.id);
     if (!state) throw new EnvyError('RUNTIME', `environment ${config.id} is not running`, { hint: 'start it with `envy up`' });
     const lock = await acquireLock(vmPaths(config.id).channelLock, { purpose: `exec in VM ${config.id}`, timeoutMs: 24 * 3600_000 });
-    let channel: ShellChannel | undefined;
     try {
-      channel = await ShellChannel.connect(state.agentSocket, 5000);
-      const output = this.options.output ?? ((text: string) => process.stdout.write(text));
-      const code = await channel.run(commandLine(spec), output);
-      if (code === undefined) throw new EnvyError('RUNTIME', `the VM ${config.id} closed the channel while ${spec.argv[0]} ran`);
-      return code;
+      if (state.channel === 'agent') {
+        const client = await AgentClient.connect(state.agentSocket, { timeoutMs: 10_000 });
+        try {
+          const user = spec.root ? { uid: 0, gid: 0 } : { uid: spec.identity?.uid ?? config.user?.uid ?? 0, gid: spec.identity?.gid ?? config.user?.gid ?? 0 };
+          const stdio = this.options.stdio ?? process;
+          try {
+            return await execAttached(
+              client,
+              { argv: spec.argv, env: spec.env, cwd: spec.cwd, ...user, tty: spec.tty },
+              stdio as Parameters<typeof execAttached>[2],
+            );
+          } catch (error) {
+            // The process could not start: the same codes and one-line message as the namespace runtime.
+            if (!(error instanceof AgentErrnoError)) throw error;
+            stdio.stderr.write(`envy: ${error.message}\n`);
+            return error.code === 'ENOENT' && !/working directory/.test(error.message) ? 127 : 126;
+          }
+        } finally {
+          client.close();
+        }
+      }
+      const shell = await ShellChannel.connect(state.agentSocket, 5000);
+      try {
+        const out = this.options.stdio?.stdout ?? process.stdout;
+        const code = await shell.run(commandLine(spec), (text) => out.write(text));
+        if (code === undefined) throw new EnvyError('RUNTIME', `the VM ${config.id} closed the channel while ${spec.argv[0]} ran`);
+        return code;
+      } finally {
+        shell.close();
+      }
     } finally {
-      channel?.close();
       lock.release();
     }
   }
@@ -416,12 +482,18 @@ export class VmRuntime implements Runtime {
       // Clean first: init stops every process, remounts / read-only and powers off.
       if (state.ready) {
         try {
-          const channel = await ShellChannel.connect(state.agentSocket, 2000);
-          channel.requestPowerOff();
-          await new Promise((resolve) => setTimeout(resolve, 100));
-          channel.close();
+          if (state.channel === 'agent') {
+            const client = await AgentClient.connect(state.agentSocket, { timeoutMs: 2000 });
+            await Promise.race([client.shutdown(), new Promise((resolve) => setTimeout(resolve, 2000))]);
+            client.close();
+          } else {
+            const shell = await ShellChannel.connect(state.agentSocket, 2000);
+            shell.requestPowerOff();
+            await new Promise((resolve) => setTimeout(resolve, 100));
+            shell.close();
+          }
         } catch {
-          // the guest does not listen: the kill below
+          // the guest does not listen (or an exec holds the port): the kill below
         }
       }
       if (!(await waitGone(state.pid, state.startTime, graceMs))) await kill(state.pid, state.startTime);
