@@ -28,7 +28,7 @@ export function kvmBrokenMarker(): string {
 export function chooseAccel(arch: Arch, env: NodeJS.ProcessEnv = process.env): AccelChoice {
   const forced = env.ENVY_VM_ACCEL;
   if (forced === 'tcg') return { accel: 'tcg', reason: 'ENVY_VM_ACCEL=tcg' };
-  if (arch !== hostArch()) return { accel: 'tcg', reason: `the guest is ${arch} on a ${hostArch()} host (emulated, slower)` };
+  if (arch !== hostArch()) return { accel: 'tcg', reason: `the guest is ${arch} on an ${hostArch()} host` };
   if (existsSync('/sys/module/kvm_pvm')) return { accel: 'tcg', reason: '/dev/kvm is kvm_pvm (nested software virtualisation), under which guests crash' };
   try {
     accessSync('/dev/kvm', constants.R_OK | constants.W_OK);
