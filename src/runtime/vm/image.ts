@@ -8,7 +8,7 @@
  * The initramfs is not cached here: it is packed per boot (milliseconds) from these modules and
  * the current init and agent binaries, so a new envy needs no new disk.
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { vmDiskInUserNamespace, removeInUserNamespace } from '../../build/userns.js';
 import type { Arch } from '../../config/types.js';
@@ -132,4 +132,37 @@ export async function prepareVmImage(
 /** Module files of a prepared image, in load order (the NN- prefix is the order). */
 export function listModules(image: VmImage): string[] {
   return readdirSync(join(image.dir, 'modules')).sort().map((name) => join(image.dir, 'modules', name));
+}
+
+/**
+ * Remove bootable images whose store image is gone and that no environment's disk is backed by
+ * (a qcow2 overlay is useless without its backing file). Everything here belongs to the user.
+ */
+export function gcVmImages(isImageKept: (key: string) => boolean, backingKeys: Set<string>): { removed: string[]; bytesFreed: number } {
+  const removed: string[] = [];
+  let bytesFreed = 0;
+  let names: string[];
+  try {
+    names = readdirSync(vmImagesDir());
+  } catch {
+    return { removed, bytesFreed };
+  }
+  for (const name of names) {
+    if (name.endsWith('.lock')) continue;
+    const temp = name.startsWith('.tmp-');
+    const key = temp ? name.slice(5).replace(/-\d+$/, '') : name;
+    if (!temp && (isImageKept(key) || backingKeys.has(key))) continue;
+    if (temp && existsSync(join(vmImagesDir(), `${key}.lock`))) continue;
+    const dir = join(vmImagesDir(), name);
+    for (const file of readdirSync(dir, { recursive: true }) as string[]) {
+      try {
+        bytesFreed += statSync(join(dir, file)).blocks * 512;
+      } catch {
+        // raced away
+      }
+    }
+    rmSync(dir, { recursive: true, force: true });
+    removed.push(key);
+  }
+  return { removed, bytesFreed };
 }

@@ -17,7 +17,7 @@ import type { ImageRecord, LayerStore } from '../../image/store.js';
 import { packageRoot } from '../../package-root.js';
 import type { Arch, PortSpec } from '../../config/types.js';
 import { writeFileAtomic } from '../../state/atomic.js';
-import { environmentPaths } from '../../state/environments.js';
+import { environmentPaths, listRecords } from '../../state/environments.js';
 import { acquireLock, processStartTime } from '../../state/lock.js';
 import { stateDir } from '../../state/paths.js';
 import type { EnvironmentConfig, Identity, ProcessSpec, Runtime, RuntimeStatus } from '../types.js';
@@ -99,8 +99,26 @@ export function vmPaths(id: string): VmPaths {
   };
 }
 
+/** Image keys the environments' VM disks are backed by. */
+export function vmBackingKeys(): Set<string> {
+  const keys = new Set<string>();
+  for (const record of listRecords()) {
+    try {
+      const meta = JSON.parse(readFileSync(vmPaths(record.id).diskMeta, 'utf8')) as { imageKey?: string };
+      if (meta.imageKey) keys.add(meta.imageKey);
+    } catch {
+      // no VM disk
+    }
+  }
+  return keys;
+}
+
 const BOOT_TIMEOUT_MS: Record<Accel, number> = { kvm: 60_000, tcg: 240_000 };
 const KILL_WAIT_MS = 5000;
+/** What qemu prints when /dev/kvm opens but cannot run the guest (nested or software KVM). */
+const KVM_FAILURE = /KVM internal error|failed to set MSR|kvm run failed/i;
+/** sun_path holds 108 bytes with the terminating NUL. */
+const MAX_SOCKET_PATH = 107;
 const POLL_MS = 50;
 
 function readState(id: string): VmState | undefined {
@@ -258,6 +276,11 @@ export class VmRuntime implements Runtime {
   private async bootOnce(config: EnvironmentConfig, boot: VmBoot, image: VmImage, accel: Accel, channel: VmState['channel']): Promise<RuntimeStatus> {
     const paths = vmPaths(config.id);
     for (const path of [paths.agentSocket, paths.qmpSocket, paths.qemuPid, paths.state]) rmSync(path, { force: true });
+    if (Buffer.byteLength(paths.qmpSocket) > MAX_SOCKET_PATH || Buffer.byteLength(paths.agentSocket) > MAX_SOCKET_PATH) {
+      throw new EnvyError('HOST', `the VM's socket path ${paths.agentSocket} is longer than a unix socket allows (${MAX_SOCKET_PATH} bytes)`, {
+        hint: 'use a shorter environment name, or point ENVY_HOME at a shorter directory',
+      });
+    }
     const args = qemuArgs({
       arch: boot.arch,
       accel,
@@ -388,7 +411,7 @@ export class VmRuntime implements Runtime {
     const died = (): BootFailure => {
       const qemu = tail(paths.qemuLog);
       const consoleLines = tail(paths.serialLog);
-      const summary = qemu.find((l) => /KVM internal error|failed to set MSR/.test(l)) ?? qemu.at(-1) ?? consoleLines.at(-1) ?? 'qemu exited';
+      const summary = qemu.find((l) => KVM_FAILURE.test(l)) ?? qemu.at(-1) ?? consoleLines.at(-1) ?? 'qemu exited';
       return new BootFailure(`the VM ${id} stopped while booting: ${summary}`, summary, [
         ...qemu.map((l) => `qemu | ${l}`),
         ...consoleLines.map((l) => `console | ${l}`),
@@ -397,6 +420,8 @@ export class VmRuntime implements Runtime {
     };
     while (Date.now() < deadline) {
       if (!alive(pid, startTime)) throw died();
+      // A KVM that fails this way stops the guest but leaves qemu running: do not wait for the deadline.
+      if (accel === 'kvm' && tail(paths.qemuLog).some((l) => KVM_FAILURE.test(l))) throw died();
       if (existsSync(paths.agentSocket)) {
         if (channel === 'agent') {
           // Short knocks, so a qemu that died is noticed within seconds, not at the deadline.

@@ -4,11 +4,11 @@
  * machines is kvm_pvm, or absent) and talks to envy-agent over virtio-serial. The guest runs the
  * image's kernel, not the host's.
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { collect, envy, envyRoot, runAsUser, userTempDir, type RunResult } from '../harness.js';
+import { asUserArgv, collect, envy, envyRoot, runAsUser, userTempDir, type RunResult } from '../harness.js';
 
 let project: { path: string; remove: () => void };
 let home: { path: string; remove: () => void };
@@ -91,6 +91,18 @@ describe('backend: vm (x86_64 guest under qemu)', () => {
     expect((await run(['exec', '--', 'no-such-command-here'])).code).toBe(127);
   });
 
+  test('a shell on a real terminal: pty of the local size, resize, keystrokes, exit status', async () => {
+    const script = 'tty; stty size; echo READY; read line; stty size; echo "got:$line"; exit 3';
+    const argv = [...asUserArgv({ ENVY_HOME: home.path, CI: 'true' }), process.execPath, join(envyRoot(), 'bin/envy.js'), 'exec', '--', 'sh', '-c', script];
+    const result = spawnSync('python3', [join(import.meta.dirname, 'pty-driver.py'), 'READY', 'typed\r', ...argv], { cwd: project.path, encoding: 'utf8', timeout: 90_000 });
+    const lines = result.stdout.split(/\r*\n/);
+    expect(result.status, result.stdout + result.stderr).toBe(3);
+    expect(lines[0]).toMatch(/^\/dev\/pts\/\d+$/);
+    expect(lines[1]).toBe('30 100');
+    expect(lines).toContain('50 132');
+    expect(lines).toContain('got:typed');
+  });
+
   test('down keeps the disk, up resumes it; killing envy mid-boot leaves no qemu behind', async () => {
     ok(await run(['exec', '--root', '--', 'sh', '-c', 'echo kept > /var/tmp/state']));
     const before = (await status())!.pid!;
@@ -100,7 +112,7 @@ describe('backend: vm (x86_64 guest under qemu)', () => {
 
     // SIGKILL envy while the VM boots: the next look at the environment kills the orphan.
     const argv = [join(envyRoot(), 'bin/envy.js'), 'up'];
-    const pending = collect('sh', ['-c', `exec "$@"`, 'sh', ...(await import('../harness.js')).asUserArgv({ ENVY_HOME: home.path, CI: 'true' }), process.execPath, ...argv], { cwd: project.path }, undefined, 180_000);
+    const pending = collect('sh', ['-c', `exec "$@"`, 'sh', ...asUserArgv({ ENVY_HOME: home.path, CI: 'true' }), process.execPath, ...argv], { cwd: project.path }, undefined, 180_000);
     const stateFile = join(home.path, 'environments');
     let qemuPid: number | undefined;
     for (let i = 0; i < 600 && qemuPid === undefined; i++) {

@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, test } from 'vitest';
@@ -178,5 +178,29 @@ describe('fallback shell channel', () => {
   test('a process line quotes every word and drops privileges for the env user', () => {
     const line = commandLine({ argv: ['echo', "it's"], env: { A: 'x y', 'BAD NAME': 'z' }, cwd: '/work dir', root: false, identity: { uid: 1000, gid: 1000, name: 'dev', home: '/home/dev' }, tty: false });
     expect(line).toBe("mkdir -p '/work dir' 2>/dev/null; cd '/work dir' && exec env -i 'A=x y' setpriv --reuid=1000 --regid=1000 --init-groups -- 'echo' 'it'\\''s'");
+  });
+});
+
+describe('VM image gc', () => {
+  test('removes disks of images that are gone unless an environment disk is backed by them; leaves in-progress work', async () => {
+    const home = mkdtempSync(join(tmpdir(), 'envy-vm-gc-'));
+    dirs.push(home);
+    const saved = process.env.ENVY_HOME;
+    process.env.ENVY_HOME = home;
+    try {
+      const { gcVmImages, vmImagesDir } = await import('../../../src/runtime/vm/image.js');
+      for (const name of ['kept', 'backing', 'gone', `.tmp-busy-${process.pid}`, `.tmp-dead-1`]) {
+        mkdirSync(join(vmImagesDir(), name), { recursive: true });
+        writeFileSync(join(vmImagesDir(), name, 'rootfs.raw'), Buffer.alloc(8192, 1));
+      }
+      writeFileSync(join(vmImagesDir(), 'busy.lock'), '');
+      const result = gcVmImages((key) => key === 'kept', new Set(['backing']));
+      expect(result.removed.sort()).toEqual(['dead', 'gone']);
+      expect(result.bytesFreed).toBeGreaterThanOrEqual(2 * 8192);
+      expect(readdirSync(vmImagesDir()).sort()).toEqual([`.tmp-busy-${process.pid}`, 'backing', 'busy.lock', 'kept']);
+    } finally {
+      if (saved === undefined) delete process.env.ENVY_HOME;
+      else process.env.ENVY_HOME = saved;
+    }
   });
 });
