@@ -40,15 +40,19 @@ export function kernelFlavour(arch: Arch): string {
 }
 
 /**
- * The kernel package a VM plan installs, or undefined (namespace backend, or a kernel file from the
- * project). backend.kernel `6.1.0-18` pins linux-image-6.1.0-18-amd64; a value with `/` is a path.
+ * The kernel package a VM plan installs, or undefined for the namespace backend. backend.kernel
+ * `6.1.0-18` pins linux-image-6.1.0-18-amd64; a value with `/` (a kernel file) is refused for now.
  */
 export function kernelPackage(spec: EnvSpec): string | undefined {
   if (spec.backend.type !== 'vm') return undefined;
   const flavour = kernelFlavour(spec.backend.arch);
   const wanted = spec.backend.kernel;
   if (wanted === undefined) return `linux-image-${flavour}`;
-  if (wanted.includes('/')) return undefined;
+  if (wanted.includes('/')) {
+    throw new EnvyError('CONFIG_INVALID', `backend.kernel: a kernel file from the project ("${wanted}") is not supported by this version of envy`, {
+      hint: 'give a Debian kernel version such as 6.1.0-18, or leave backend.kernel out for the current linux-image package',
+    });
+  }
   if (!/^[0-9][0-9a-z.+~-]*$/.test(wanted)) {
     throw new EnvyError('CONFIG_INVALID', `backend.kernel: "${wanted}" is neither a Debian kernel version (like 6.1.0-18) nor a path`, {
       hint: 'write a version such as 6.1.0-18, or a path to a kernel file such as vm/vmlinux',
