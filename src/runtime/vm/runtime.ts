@@ -332,6 +332,7 @@ export class VmRuntime implements Runtime {
     try {
       await this.waitReady(config.id, pid, state.startTime, accel, channel);
       await this.provision(config, state);
+      if (channel === 'agent') await this.copyIn(config, state);
       state.ready = true;
       delete state.owner;
       writeFileAtomic(paths.state, `${JSON.stringify(state)}\n`);
@@ -372,6 +373,42 @@ export class VmRuntime implements Runtime {
     let output = '';
     const code = await this.runCaptured(state, ['/bin/sh', '-c', lines.join('; ')], (text) => (output += text), 30_000);
     if (code !== 0) throw new EnvyError('RUNTIME', `setting up the VM ${config.id} failed (exit ${code ?? 'timeout'})`, { details: output.trim().split('\n').slice(-10) });
+  }
+
+  /**
+   * The writable bind mounts (the workspace, volumes, binds from env.yaml) copied into the guest at
+   * boot: a one-shot, one-way sync over the agent (changed files only after the first boot), then
+   * handed to the env user. Live two-way sync while the VM runs is not wired yet (docs/vm.md).
+   * Read-only binds (a host base's /usr) have no meaning in a VM with its own /usr and are skipped.
+   */
+  private async copyIn(config: EnvironmentConfig, state: VmState): Promise<void> {
+    const binds = config.mounts.filter((m) => m.type === 'bind' && m.source && !m.readonly);
+    if (binds.length === 0) return;
+    const [{ SyncEngine }, { LocalTransport }, { AgentTransport }] = await Promise.all([
+      import('../../sync/engine.js'),
+      import('../../sync/local-transport.js'),
+      import('./agent-transport.js'),
+    ]);
+    const client = await AgentClient.connect(state.agentSocket, { timeoutMs: 10_000 });
+    try {
+      for (const mount of binds) {
+        const engine = new SyncEngine({ source: new LocalTransport(mount.source!), target: new AgentTransport(client, mount.target, config.id), direction: 'one-way', watch: false });
+        const errors: Error[] = [];
+        engine.on('error', (error: Error) => errors.push(error));
+        await engine.start();
+        await engine.stop();
+        if (errors[0]) throw new EnvyError('RUNTIME', `copying ${mount.source} into the VM at ${mount.target} failed: ${errors[0].message}`);
+      }
+    } finally {
+      client.close();
+    }
+    const user = config.user;
+    if (user) {
+      const quote = (v: string): string => `'${v.replace(/'/g, `'\\''`)}'`;
+      let output = '';
+      const code = await this.runCaptured(state, ['/bin/sh', '-c', binds.map((m) => `chown -R ${user.uid}:${user.gid} ${quote(m.target)}`).join(' && ')], (t) => (output += t), 60_000);
+      if (code !== 0) throw new EnvyError('RUNTIME', `handing the copied files to ${user.name} in the VM failed (exit ${code ?? 'timeout'})`, { details: output.trim().split('\n').slice(-5) });
+    }
   }
 
   /** Run a command as root in the guest and collect its output (stdout and stderr together). */

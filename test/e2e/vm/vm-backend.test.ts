@@ -50,6 +50,7 @@ describe('backend: vm (x86_64 guest under qemu)', () => {
       join(project.path, 'env.yaml'),
       ['name: vmt', 'base:', '  debian: bookworm', 'backend:', '  type: vm', '  memory: 1g', '  cpus: 2', 'hooks:', '  onCreate: echo created > /var/tmp/hook', ''].join('\n'),
     );
+    writeFileSync(join(project.path, 'hello.txt'), 'from the host\n');
     // Bootstrap (~1.5 min), the kernel package (~70 MB), the disk, the first boot.
     ok(await run(['up'], { timeoutMs: 600_000 }));
   }, 620_000);
@@ -71,6 +72,10 @@ describe('backend: vm (x86_64 guest under qemu)', () => {
     expect(ok(await run(['exec', '--', 'uname', '-m'])).stdout.trim()).toBe('x86_64');
     // The hook ran in the guest, on the guest's disk.
     expect(ok(await run(['exec', '--', 'cat', '/var/tmp/hook'])).stdout).toBe('created\n');
+    // The workspace was copied in at boot and belongs to the env user.
+    expect(ok(await run(['exec', '--', 'cat', '/workspace/hello.txt'])).stdout).toBe('from the host\n');
+    const uid = execFileSync('stat', ['-c', '%u', project.path]).toString().trim();
+    expect(ok(await run(['exec', '--', 'stat', '-c', '%u', '/workspace/hello.txt'])).stdout.trim()).toBe(uid);
     const row = await status();
     expect(row?.state).toBe('running');
     expect(row?.vm).toMatchObject({ arch: 'x86_64', kernel: resolved });
@@ -128,8 +133,10 @@ describe('backend: vm (x86_64 guest under qemu)', () => {
     expect((await status())?.state).toBe('stopped');
     expect(alive(qemuPid!)).toBe(false);
 
+    writeFileSync(join(project.path, 'hello.txt'), 'edited while down\n');
     ok(await run(['up']));
     expect(ok(await run(['exec', '--', 'cat', '/var/tmp/state'])).stdout).toBe('kept\n');
+    expect(ok(await run(['exec', '--', 'cat', '/workspace/hello.txt'])).stdout).toBe('edited while down\n');
     // onCreate ran once: the disk kept the environment across boots.
     expect(ok(await run(['exec', '--', 'cat', '/var/tmp/hook'])).stdout).toBe('created\n');
     const last = (await status())!.pid!;
