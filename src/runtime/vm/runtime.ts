@@ -331,8 +331,10 @@ export class VmRuntime implements Runtime {
     process.once('SIGTERM', abort);
     try {
       await this.waitReady(config.id, pid, state.startTime, accel, channel);
-      await this.provision(config, state);
-      if (channel === 'agent') await this.copyIn(config, state);
+      // Copy first: the one provisioning exec then also hands the copies to the env user (an exec
+      // under TCG costs a few hundred ms).
+      const copied = channel === 'agent' ? await this.copyIn(config, state) : [];
+      await this.provision(config, state, copied);
       state.ready = true;
       delete state.owner;
       writeFileAtomic(paths.state, `${JSON.stringify(state)}\n`);
@@ -354,7 +356,7 @@ export class VmRuntime implements Runtime {
    * user's passwd and group lines (the user step's own lines go to a generated file in the build
    * namespace, so the image may lack them), hostname, hosts, and qemu's DNS forwarder.
    */
-  private async provision(config: EnvironmentConfig, state: VmState): Promise<void> {
+  private async provision(config: EnvironmentConfig, state: VmState, copied: string[]): Promise<void> {
     const quote = (v: string): string => `'${v.replace(/'/g, `'\\''`)}'`;
     const host = config.hostname.replace(/[^A-Za-z0-9.-]/g, '-').slice(0, 63);
     const lines: string[] = [`echo ${quote(host)} > /etc/hostname`, `printf '127.0.0.1\\tlocalhost\\n::1\\tlocalhost ip6-localhost ip6-loopback\\n127.0.1.1\\t%s\\n' ${quote(host)} > /etc/hosts`];
@@ -365,6 +367,7 @@ export class VmRuntime implements Runtime {
         `grep -q ${quote(`^${user.name}:`)} /etc/group || grep -q ${quote(`^[^:]*:[^:]*:${user.gid}:`)} /etc/group || echo ${quote(`${user.name}:x:${user.gid}:`)} >> /etc/group`,
         `grep -q ${quote(`^${user.name}:`)} /etc/passwd || grep -q ${quote(`^[^:]*:[^:]*:${user.uid}:`)} /etc/passwd || echo ${quote(`${user.name}:x:${user.uid}:${user.gid}:${user.name}:${user.home}:/bin/sh`)} >> /etc/passwd`,
         `mkdir -p ${quote(user.home)} && chown ${user.uid}:${user.gid} ${quote(user.home)}`,
+        ...copied.map((target) => `chown -R ${user.uid}:${user.gid} ${quote(target)}`),
       );
     }
     // Mount points of the namespace backend (the workspace among them) exist as directories, so a
@@ -377,19 +380,19 @@ export class VmRuntime implements Runtime {
 
   /**
    * The writable bind mounts (the workspace, volumes, binds from env.yaml) copied into the guest at
-   * boot: a one-shot, one-way sync over the agent (changed files only after the first boot), then
-   * handed to the env user. Live two-way sync while the VM runs is not wired yet (docs/vm.md).
+   * boot: a one-shot, one-way sync over the agent (changed files only after the first boot); returns
+   * the guest paths, which provision() hands to the env user. Live two-way sync while the VM runs is not wired yet (docs/vm.md).
    * Read-only binds (a host base's /usr) have no meaning in a VM with its own /usr and are skipped.
    */
-  private async copyIn(config: EnvironmentConfig, state: VmState): Promise<void> {
+  private async copyIn(config: EnvironmentConfig, state: VmState): Promise<string[]> {
     const binds = config.mounts.filter((m) => m.type === 'bind' && m.source && !m.readonly);
-    if (binds.length === 0) return;
+    if (binds.length === 0) return [];
     const [{ SyncEngine }, { LocalTransport }, { AgentTransport }] = await Promise.all([
       import('../../sync/engine.js'),
       import('../../sync/local-transport.js'),
       import('./agent-transport.js'),
     ]);
-    const client = await AgentClient.connect(state.agentSocket, { timeoutMs: 10_000 });
+    const client = await AgentClient.connect(state.agentSocket, { timeoutMs: 10_000, retryMs: 20 });
     try {
       for (const mount of binds) {
         const engine = new SyncEngine({ source: new LocalTransport(mount.source!), target: new AgentTransport(client, mount.target, config.id), direction: 'one-way', watch: false });
@@ -402,19 +405,13 @@ export class VmRuntime implements Runtime {
     } finally {
       client.close();
     }
-    const user = config.user;
-    if (user) {
-      const quote = (v: string): string => `'${v.replace(/'/g, `'\\''`)}'`;
-      let output = '';
-      const code = await this.runCaptured(state, ['/bin/sh', '-c', binds.map((m) => `chown -R ${user.uid}:${user.gid} ${quote(m.target)}`).join(' && ')], (t) => (output += t), 60_000);
-      if (code !== 0) throw new EnvyError('RUNTIME', `handing the copied files to ${user.name} in the VM failed (exit ${code ?? 'timeout'})`, { details: output.trim().split('\n').slice(-5) });
-    }
+    return binds.map((m) => m.target);
   }
 
   /** Run a command as root in the guest and collect its output (stdout and stderr together). */
   private async runCaptured(state: VmState, argv: string[], onOutput: (text: string) => void, timeoutMs: number): Promise<number | undefined> {
     if (state.channel === 'agent') {
-      const client = await AgentClient.connect(state.agentSocket, { timeoutMs: 10_000 });
+      const client = await AgentClient.connect(state.agentSocket, { timeoutMs: 10_000, retryMs: 20 });
       try {
         const exec = client.exec({ argv, env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' }, cwd: '/', uid: 0, gid: 0 });
         exec.stdin.end();
@@ -499,7 +496,7 @@ export class VmRuntime implements Runtime {
     const lock = await acquireLock(vmPaths(config.id).channelLock, { purpose: `exec in VM ${config.id}`, timeoutMs: 24 * 3600_000 });
     try {
       if (state.channel === 'agent') {
-        const client = await AgentClient.connect(state.agentSocket, { timeoutMs: 10_000 });
+        const client = await AgentClient.connect(state.agentSocket, { timeoutMs: 10_000, retryMs: 20 });
         try {
           const user = spec.root ? { uid: 0, gid: 0 } : { uid: spec.identity?.uid ?? config.user?.uid ?? 0, gid: spec.identity?.gid ?? config.user?.gid ?? 0 };
           const stdio = this.options.stdio ?? process;
