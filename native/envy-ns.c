@@ -1249,6 +1249,14 @@ static void forward_set(sigset_t *set) {
   for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) sigaddset(set, sigs[i]);
 }
 
+/* Forward a signal to the workload. The ones a terminal sends (Ctrl-C, Ctrl-\\, hangup) go to its whole process
+ * group, as a terminal sends them to the foreground job: `sh -c 'sleep 9 && ...'` must stop at once,
+ * not after the sleep. The workload leads its own session (setsid), so its group id is its pid. */
+static void forward_signal(pid_t workload, int sig) {
+  if ((sig == SIGINT || sig == SIGQUIT || sig == SIGHUP) && kill(-workload, sig) == 0) return;
+  kill(workload, sig);
+}
+
 static void reap_all(pid_t watched, int *watched_status, bool *watched_done) {
   int status;
   pid_t pid;
@@ -1292,7 +1300,7 @@ __attribute__((noreturn)) static void init_workload_loop(pid_t workload) {
       reap_all(workload, &status, &done);
       if (done) _exit(wait_status_code(status));
     } else if (sig != SIGPIPE) {
-      kill(workload, sig);
+      forward_signal(workload, sig);
     }
   }
 }
@@ -1422,7 +1430,7 @@ static int supervise(pid_t child, int master) {
           struct winsize ws;
           if (ioctl(STDIN_FILENO, TIOCGWINSZ, &ws) == 0) ioctl(master, TIOCSWINSZ, &ws);
         } else if (si.ssi_signo != SIGPIPE && !exited) {
-          kill(child, (int)si.ssi_signo);
+          forward_signal(child, (int)si.ssi_signo);
         }
       }
     }
@@ -1481,7 +1489,17 @@ static pid_t clone_namespaces(unsigned long flags) {
   return pid;
 }
 
+/* envy (our parent) owns this run and collects its result: when it dies (kill -9), the run must not go on
+ * unsupervised, writing into a build's scratch dir that the next envy sweeps. */
+static void die_with_parent(int sig) {
+  pid_t parent = getppid();
+  prctl(PR_SET_PDEATHSIG, sig);
+  if (getppid() != parent) raise(sig);
+}
+
 static int run_mode(void) {
+  /* init has PDEATHSIG SIGKILL too: the host side's death ends the whole namespace. */
+  if (!cfg.detach) die_with_parent(SIGKILL);
   struct idmap_plan plan;
   plan_idmap(&plan);
   struct winsize ws = { 0 };
@@ -1512,6 +1530,9 @@ static int run_mode(void) {
        * still cannot ptrace init: their capabilities are not a superset of its. */
       prctl(PR_SET_DUMPABLE, 1);
     }
+    /* Changing credentials also cleared the parent-death signal: without it, a build step whose envy
+     * was SIGKILLed would run on as an orphan. */
+    if (!cfg.detach) prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (cfg.hostname && sethostname(cfg.hostname, strlen(cfg.hostname)) < 0) die("sethostname");
     if (cfg.net != NET_HOST) bring_up_loopback();
     setup_filesystem();
@@ -1576,6 +1597,8 @@ static int run_mode(void) {
 }
 
 static int exec_mode(void) {
+  /* No die_with_parent here: a process exec'd into a long-lived environment may outlive its caller
+   * (the service supervisor relies on that when it is killed and replaced). */
   char dir[32];
   snprintf(dir, sizeof dir, "/proc/%d", cfg.target);
   int pfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -1636,6 +1659,7 @@ static int exec_mode(void) {
 }
 
 static int userns_mode(void) {
+  die_with_parent(SIGKILL);
   struct idmap_plan plan;
   plan_idmap(&plan);
   int go[2];

@@ -5,7 +5,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { bundleOptions } from './bundle-config.mjs';
+import { bundleOptions, execFastBundleOptions } from './bundle-config.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const dist = join(root, 'dist');
@@ -33,6 +33,10 @@ await esbuild.build(
     define: { ENVY_VERSION: JSON.stringify(version) },
   }),
 );
+
+// `envy exec` into a running environment: one CommonJS file that bin/envy.js requires before the ESM
+// loader exists (src/cli/exec-fast.ts says why).
+await esbuild.build(execFastBundleOptions(root, join(staging, 'exec-fast.cjs')));
 
 const helperSource = join(root, 'native/envy-ns.c');
 if (existsSync(helperSource)) {

@@ -52,3 +52,19 @@ export function bundleOptions(root, { entryPoints, outdir, define = {} }) {
     plugins: [standaloneValidatorPlugin(root)],
   };
 }
+
+/** The `envy exec` fast path as one CommonJS file (bin/envy.js requires it before any ES module loads). */
+export function execFastBundleOptions(root, outfile) {
+  return {
+    entryPoints: [join(root, 'src/cli/exec-fast.ts')],
+    outfile,
+    bundle: true,
+    format: 'cjs',
+    platform: 'node',
+    target: 'node20',
+    sourcemap: 'linked',
+    logLevel: 'warning',
+    banner: { js: "const __envyModuleUrl = require('node:url').pathToFileURL(__filename).href;" },
+    define: { 'process.env.NODE_ENV': '"production"', 'import.meta.url': '__envyModuleUrl' },
+  };
+}

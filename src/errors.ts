@@ -23,6 +23,8 @@ export const ExitCode = {
   LockMismatch: 7,
   /** The store or an environment is busy (held by another envy) and waiting was declined. */
   Busy: 8,
+  /** Interrupted (SIGINT, Ctrl-C): 128 + 2, as a shell reports it. */
+  Interrupted: 130,
 } as const;
 export type ExitCode = (typeof ExitCode)[keyof typeof ExitCode];
 
@@ -42,6 +44,7 @@ export type ErrorCode =
   | 'RUNTIME'
   | 'STATE'
   | 'BUSY'
+  | 'INTERRUPTED'
   | 'COMMAND'
   | 'INTERNAL';
 
@@ -61,6 +64,7 @@ const defaultExit: Record<ErrorCode, ExitCode> = {
   RUNTIME: ExitCode.Internal,
   STATE: ExitCode.Internal,
   BUSY: ExitCode.Busy,
+  INTERRUPTED: ExitCode.Interrupted,
   COMMAND: ExitCode.CommandFailed,
   INTERNAL: ExitCode.Internal,
 };

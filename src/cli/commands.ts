@@ -13,6 +13,10 @@ export interface GlobalArgs {
 }
 
 export async function runCli(argv: string[], version: string): Promise<number> {
+  // `envy logs -f` follows, as tail, docker and journalctl do; elsewhere -f is --file, which logs
+  // still takes in its long form.
+  const command = commandIndex(argv);
+  if (argv[command] === 'logs') argv = argv.map((arg, i) => (i > command && arg === '-f' ? '--follow' : arg));
   let exitCode = 0;
   const setExit = (code: number): void => {
     exitCode = code;
@@ -73,7 +77,8 @@ export async function runCli(argv: string[], version: string): Promise<number> {
       (y) =>
         y
           .option('frozen', { type: 'boolean', default: false, describe: 'Fail if env.lock disagrees with env.yaml; never write env.lock' })
-          .option('progress', { choices: ['auto', 'tty', 'plain', 'quiet'] as const, default: 'auto' as const, describe: 'Progress display' }),
+          .option('progress', { choices: ['auto', 'tty', 'plain', 'quiet'] as const, default: 'auto' as const, describe: 'Progress display' })
+          .option('watch', { type: 'boolean', default: false, describe: 'Stay in the foreground and re-apply env.yaml on every save (Ctrl-C leaves the environment running)' }),
       async (args) => setExit(await (await import('./up.js')).run(args)),
     )
     .command(
@@ -95,6 +100,18 @@ export async function runCli(argv: string[], version: string): Promise<number> {
       async (args) => setExit(await (await import('./exec.js')).runShell(args)),
     )
     .command(
+      'ssh-config',
+      'Print an OpenSSH Host entry for the environment (for ~/.ssh/config, VS Code Remote-SSH, Gateway)',
+      (y) => y.option('host', { type: 'string', describe: 'Host name of the entry (default: envy-NAME)' }),
+      async (args) => setExit(await (await import('./attach.js')).runSshConfig(args)),
+    )
+    .command(
+      'attach',
+      'Run the environment\'s sshd on stdin/stdout (the ProxyCommand of envy ssh-config)',
+      (y) => y.option('stdio', { type: 'boolean', default: false, describe: 'Speak SSH on stdin/stdout' }),
+      async (args) => setExit(await (await import('./attach.js')).run(args)),
+    )
+    .command(
       'down',
       'Stop the environment; --rm also deletes its writable layer and volumes',
       (y) => y.option('rm', { type: 'boolean', default: false, describe: 'Remove the environment too' }),
@@ -105,6 +122,24 @@ export async function runCli(argv: string[], version: string): Promise<number> {
       'List this user\'s environments and their state',
       (y) => y.option('json', { type: 'boolean', default: false, describe: 'Machine-readable output' }),
       async (args) => setExit(await (await import('./status.js')).run(args)),
+    )
+    .command(
+      'logs [service]',
+      'Show the output of the environment\'s services (all of them interleaved, or one); -f follows',
+      (y) =>
+        y
+          .positional('service', { type: 'string', describe: 'The service (default: all, each line prefixed with its name)' })
+          .option('follow', { type: 'boolean', default: false, describe: 'Keep printing new output (-f)' })
+          .option('tail', { alias: 'n', type: 'number', describe: 'Only the last N lines' })
+          .option('hooks', { type: 'boolean', default: false, describe: 'The output of hooks.onCreate and hooks.postStart instead' }),
+      async (args) => setExit(await (await import('./logs.js')).run(args)),
+    )
+    // The per-environment service supervisor that `envy up` starts; not for people.
+    .command(
+      '__supervise <id>',
+      false,
+      (y) => y.positional('id', { type: 'string', demandOption: true }),
+      async (args) => setExit(await (await import('../env/supervisor.js')).runSupervisor(args.id)),
     )
     .command(
       'sync',
@@ -136,6 +171,16 @@ export async function runCli(argv: string[], version: string): Promise<number> {
       async (args) => setExit(await (await import('./export.js')).run(args)),
     )
     .command(
+      'devcontainer',
+      'Write .devcontainer/devcontainer.json (Dev Containers spec) with the built image saved next to it',
+      (y) =>
+        y
+          .option('force', { type: 'boolean', default: false, describe: 'Replace an existing devcontainer.json' })
+          .option('load', { choices: ['podman', 'docker'] as const, describe: 'Also load the image into podman or docker' })
+          .option('progress', { choices: ['auto', 'tty', 'plain', 'quiet'] as const, default: 'auto' as const, describe: 'Progress display' }),
+      async (args) => setExit(await (await import('./devcontainer.js')).run(args)),
+    )
+    .command(
       'gc',
       'Remove images, layers and blobs that no environment or recent build uses',
       (y) =>
@@ -163,4 +208,14 @@ export async function runCli(argv: string[], version: string): Promise<number> {
 
   await cli.parseAsync();
   return exitCode;
+}
+
+/** Where the command name is: the first word that is not an option or the value of -f/--file. */
+function commandIndex(argv: string[]): number {
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '-f' || arg === '--file') i++;
+    else if (!arg.startsWith('-')) return i;
+  }
+  return -1;
 }

@@ -255,6 +255,7 @@ export async function runChecks(): Promise<CheckResult[]> {
     checkProgram('mke2fs', 'mke2fs (VM root disks)', 'mke2fs', 'e2fsprogs', 'optional', 'needed for `backend: vm` (the image becomes an ext4 disk)'),
     checkProgram('xz', 'xz (VM kernels)', 'xz', 'xz-utils', 'optional', 'needed for `backend: vm` (the kernel is unpacked once per image)'),
     checkVmInit(),
+    checkProgram('ssh-keygen', 'ssh-keygen (envy ssh-config)', 'ssh-keygen', 'openssh-client', 'optional', 'needed to make the keys of `envy ssh-config` / `envy attach`'),
     checkKvm(),
     checkCgroups(),
     checkDisk(),

@@ -4,7 +4,8 @@
  * to the running state (building what changed), `exec`/`shell` run processes
  * in it (starting it when down), `down` stops it and `down --rm` forgets it.
  */
-import { existsSync, mkdirSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { appendFileSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_PATH, HOST_BASE_LABEL, envFromList } from '../build/executor.js';
@@ -15,7 +16,7 @@ import { resolveBindSource } from '../config/normalize.js';
 import type { EnvSpec } from '../config/types.js';
 import { EnvyError } from '../errors.js';
 import { LayerStore, type ImageRecord } from '../image/store.js';
-import { runtimeFor } from '../runtime/select.js';
+import { runtimeFor, runtimeWritingTo } from '../runtime/select.js';
 import type { EnvironmentConfig, Identity, MountRequest, ProcessSpec, Runtime } from '../runtime/types.js';
 import type { VmBoot } from '../runtime/vm/runtime.js';
 import {
@@ -27,10 +28,27 @@ import {
   type EnvironmentRecord,
 } from '../state/environments.js';
 import { acquireLock, type Lock } from '../state/lock.js';
+import { ENVY_DIR_INSIDE, PROFILE_INSIDE, prepareInsideDir, shellEnv } from './attach.js';
 import { buildProject } from './build.js';
+import { LogFollower, logMaxBytes, rotateFiles } from './service-log.js';
+import { applyServices, clearServices, hooksLogPath, readServicesRequest, serviceDigest, servicesReport, stopServices, supervisorOwner, type ServiceStatus } from './services.js';
 import { flushWorkspaceSync, startWorkspaceSync, stopWorkspaceSync, syncSettings, workspaceSyncPaths } from './workspace-sync.js';
 
 export const STOP_GRACE_MS = 10_000;
+
+/**
+ * env.yaml's stat, if its bytes still have the digest the spec was loaded with: stat first, then read,
+ * so an edit racing this shows as a digest mismatch (no stat recorded), never as a stale stat.
+ */
+function currentSpecStat(file: string, digest: string): EnvironmentRecord['specStat'] {
+  try {
+    const stats = statSync(file);
+    if (createHash('sha256').update(readFileSync(file)).digest('hex') !== digest) return undefined;
+    return { size: stats.size, mtimeMs: stats.mtimeMs, ctimeMs: stats.ctimeMs, ino: stats.ino };
+  } catch {
+    return undefined;
+  }
+}
 
 export interface PreparedEnvironment {
   record: EnvironmentRecord;
@@ -63,6 +81,11 @@ export function environmentConfig(id: string, spec: EnvSpec, projectDir: string,
       mounts.push({ type: 'tmpfs', target: mount.target, ...(mount.size !== undefined ? { size: mount.size } : {}) });
     }
   }
+  // sshd's state for `envy attach` and the login shells' profile script (attach.ts): mounted from the start, so attaching never needs a restart;
+  // last, so a tmpfs the user mounts on /run cannot hide it.
+  const inside = prepareInsideDir(id);
+  mounts.push({ type: 'bind', source: inside.dir, target: ENVY_DIR_INSIDE, readonly: true });
+  mounts.push({ type: 'bind', source: inside.profile, target: PROFILE_INSIDE, readonly: true });
   return {
     id,
     hostname: spec.name,
@@ -98,6 +121,25 @@ export interface UpResult extends PreparedEnvironment {
   unchanged: boolean;
   built: number;
   notes: string[];
+  /** The services' state once `up` is done (ready, or running when they have no readiness check). */
+  services: ServiceStatus[];
+}
+
+/**
+ * Digest of everything in the spec but `services`: when only services changed, the environment keeps
+ * running and only the changed services restart.
+ */
+export function environmentDigest(spec: EnvSpec): string {
+  const { services: _services, ...rest } = spec;
+  return createHash('sha256').update(JSON.stringify(rest)).digest('hex');
+}
+
+/** `services.web, services.db (new)`: which services a new list restarts, for people. */
+function changedServices(id: string, services: EnvSpec['services']): string[] {
+  const before = new Map((readServicesRequest(id)?.services ?? []).map((s) => [s.name, serviceDigest(s)]));
+  const changed = services.filter((s) => before.get(s.name) !== serviceDigest(s)).map((s) => (before.has(s.name) ? s.name : `${s.name} (new)`));
+  const removed = [...before.keys()].filter((name) => !services.some((s) => s.name === name)).map((name) => `${name} (removed)`);
+  return [...changed, ...removed];
 }
 
 /**
@@ -121,16 +163,47 @@ export async function up(project: Project, options: { frozen: boolean; reporter:
       (runtime as { useImage(boot: VmBoot): void }).useImage({ image, store: build.store, identity: build.identity, arch, memory, cpus, ports: spec.ports });
     }
     const running = (await runtime.status(config)).state === 'running';
+    const envDigest = environmentDigest(spec);
     const unchanged = running && previous?.imageKey === image.key && previous.specDigest === source.digest;
     if (unchanged && previous) {
-      // Records written before the exec fast path existed lack its data: add it, nothing else changes.
-      if (!previous.exec) writeRecord({ ...previous, exec: { identity: build.identity, workdir: spec.workdir, env: processEnv(image, build.identity, false), resources: spec.resources } });
+      // Records written by older versions lack the exec fast path's data: add it, nothing else changes.
+      const specStat = previous.specStat ?? currentSpecStat(source.file, source.digest);
+      if (!previous.exec || (!previous.specStat && specStat)) {
+        writeRecord({ ...previous, exec: previous.exec ?? { identity: build.identity, workdir: spec.workdir, env: processEnv(image, build.identity, false), resources: spec.resources }, ...(specStat ? { specStat } : {}) });
+      }
       // The sync process may have died (killed, crashed) while the environment ran on: bring it back.
       if (previous.sync) await startWorkspaceSync(id);
-      return { record: previous, config, image, identity: build.identity, spec, unchanged: true, built: 0, notes };
+      // So may the supervisor: a new one ends what the old one left and starts the services again.
+      let services: ServiceStatus[] = [];
+      if (spec.services.length > 0) {
+        const current = supervisorOwner(id) ? servicesReport(id, true).services : undefined;
+        const failed = (current ?? []).filter((s) => s.state === 'failed').map((s) => s.name);
+        if (current && failed.length === 0) {
+          services = current;
+        } else if (current) {
+          // `up` makes it so: a failed service gets another chance (the others keep running).
+          notes.push(`starting the failed service${failed.length === 1 ? '' : 's'} again: ${failed.join(', ')}`);
+          services = (await applyServices(id, spec.services)).services;
+        } else {
+          notes.push('the service supervisor was not running: services restarted');
+          services = (await applyServices(id, spec.services)).services;
+        }
+      }
+      return { record: previous, config, image, identity: build.identity, spec, unchanged: true, built: 0, notes, services };
+    }
+    if (running && previous?.imageKey === image.key && previous.envDigest === envDigest) {
+      // Only services changed: the environment and the unchanged services keep running.
+      const record: EnvironmentRecord = { ...previous, specFile: source.file, specDigest: source.digest, envDigest, specStat: currentSpecStat(source.file, source.digest) };
+      const changed = changedServices(id, spec.services);
+      notes.push(changed.length > 0 ? `services changed: ${changed.join(', ')}; the rest keep running` : 'env.yaml changed, but nothing that needs a restart');
+      writeRecord(record);
+      const services = spec.services.length > 0 ? (await applyServices(id, spec.services)).services : (await clearServices(id), []);
+      return { record, config, image, identity: build.identity, spec, unchanged: false, built: build.built.length, notes, services };
     }
     if (running) {
       notes.push('env.yaml changed: restarting the environment');
+      // Services stop in reverse order, each with its own grace, before the environment goes.
+      await stopServices(id);
       await runtime.stop(config, STOP_GRACE_MS);
     }
     // A sync process belongs to one configuration of the workspace: restart it with the new one.
@@ -151,6 +224,7 @@ export async function up(project: Project, options: { frozen: boolean; reporter:
       projectDir: source.dir,
       specFile: source.file,
       specDigest: source.digest,
+      envDigest,
       backend: spec.backend.type,
       imageKey: image.key,
       createdAt: previous?.createdAt ?? new Date().toISOString(),
@@ -158,6 +232,8 @@ export async function up(project: Project, options: { frozen: boolean; reporter:
       exec: { identity: build.identity, workdir: spec.workdir, env: processEnv(image, build.identity, false), resources: spec.resources },
     };
     if (spec.workspace.sync === 'watch') record.sync = syncSettings(source.dir, spec.workspace);
+    const specStat = currentSpecStat(source.file, source.digest);
+    if (specStat) record.specStat = specStat;
     writeRecord(record);
     await build.store.setRefs(id, [image.key]);
     if (record.sync) {
@@ -169,32 +245,70 @@ export async function up(project: Project, options: { frozen: boolean; reporter:
     await runtime.start(config);
     const prepared: PreparedEnvironment = { record, config, image, identity: build.identity, spec };
     if (!record.created) {
-      await runHooks(prepared, runtime, 'onCreate', spec.hooks.onCreate);
+      await runHooks(prepared, runtime, 'onCreate', spec.hooks.onCreate, { log: true });
       record.created = true;
       writeRecord(record);
     }
-    await runHooks(prepared, runtime, 'postStart', spec.hooks.postStart);
-    if (spec.services.length > 0) notes.push(`services (${spec.services.map((s) => s.name).join(', ')}) are not supervised by this version of envy yet; start them with envy exec`);
-    return { ...prepared, unchanged: false, built: build.built.length, notes };
+    await runHooks(prepared, runtime, 'postStart', spec.hooks.postStart, { log: true });
+    // A supervisor left from a run whose environment died is gone by now (it follows its environment).
+    const services = spec.services.length > 0 ? (await applyServices(id, spec.services)).services : (await clearServices(id), []);
+    return { ...prepared, unchanged: false, built: build.built.length, notes, services };
   } finally {
     lock.release();
   }
 }
 
-export async function runHooks(env: PreparedEnvironment, runtime: Runtime, name: string, commands: string[]): Promise<void> {
+/**
+ * Run hooks in order; the first failure stops them. With `log`, their output goes to the
+ * environment's hooks log (`envy logs --hooks`) and is followed from there to stdout. A file, not
+ * a pipe: a process a hook leaves in the background keeps a valid stdout after `up` exits.
+ */
+export async function runHooks(env: PreparedEnvironment, runtime: Runtime, name: string, commands: string[], options: { log?: boolean } = {}): Promise<void> {
   for (const command of commands) {
-    const code = await runtime.exec(env.config, {
-      argv: ['/bin/sh', '-c', command],
-      env: processEnv(env.image, env.identity, false),
-      cwd: env.spec.workdir,
-      root: false,
-      identity: env.identity,
-      tty: false,
-    });
+    let code: number;
+    if (options.log) {
+      const path = hooksLogPath(env.record.id);
+      mkdirSync(environmentPaths(env.record.id).logs, { recursive: true });
+      try {
+        if (statSync(path).size > logMaxBytes()) rotateFiles(path);
+      } catch {
+        // no log yet
+      }
+      appendFileSync(path, `[envy] ${new Date().toISOString()} hooks.${name}: ${command}\n`);
+      const follower = new LogFollower(path, true);
+      const fd = openSync(path, 'a');
+      const echo = (): void => {
+        const data = follower.read();
+        if (data.length > 0) process.stdout.write(data);
+      };
+      const timer = setInterval(echo, 100);
+      try {
+        code = await runHook(env, await runtimeWritingTo(runtime.backend, fd), command);
+      } finally {
+        clearInterval(timer);
+        closeSync(fd);
+        echo();
+        follower.close();
+      }
+      appendFileSync(path, `[envy] hooks.${name} exited with code ${code}\n`);
+    } else {
+      code = await runHook(env, runtime, command);
+    }
     if (code !== 0) {
-      throw new EnvyError('COMMAND', `hooks.${name} failed with exit code ${code}: ${command}`, { hint: 'fix the hook in env.yaml and run envy up again' });
+      throw new EnvyError('COMMAND', `hooks.${name} failed with exit code ${code}: ${command}`, { hint: `fix the hook in env.yaml and run envy up again${options.log ? ' (envy logs --hooks shows its output)' : ''}` });
     }
   }
+}
+
+function runHook(env: PreparedEnvironment, runtime: Runtime, command: string): Promise<number> {
+  return runtime.exec(env.config, {
+    argv: ['/bin/sh', '-c', command],
+    env: processEnv(env.image, env.identity, false),
+    cwd: env.spec.workdir,
+    root: false,
+    identity: env.identity,
+    tty: false,
+  });
 }
 
 /** The running environment of a project, starting it (with `up`) when it is down or env.yaml changed. */
@@ -226,6 +340,8 @@ export async function down(project: Project, options: { remove: boolean; runtime
     // stop() needs only the id; the rest of the config is not consulted.
     const config: EnvironmentConfig = { id, hostname: record.name, rootfs: { layers: [] }, mounts: [], network: 'host', resources: {} };
     const wasRunning = (await runtime.status(config)).state === 'running';
+    // Services first, in reverse order with their own grace; whatever is left dies with the environment.
+    await stopServices(id);
     if (wasRunning) await runtime.stop(config, STOP_GRACE_MS);
     await stopWorkspaceSync(id);
     if (!options.remove) return { id, wasRunning, removed: false };
@@ -245,7 +361,7 @@ export function shellProcess(env: PreparedEnvironment, options: { root: boolean;
   const shell = env.spec.user.shell;
   return {
     argv: [shell, '-l'],
-    env: processEnv(env.image, env.identity, options.root, { PS1: `(${env.spec.name}) \\u@\\h:\\w\\$ `, ENVY_ENV: env.spec.name }),
+    env: processEnv(env.image, env.identity, options.root, shellEnv(env.spec.name, processEnv(env.image, env.identity, options.root))),
     cwd: env.spec.workdir,
     root: options.root,
     identity: env.identity,

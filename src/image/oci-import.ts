@@ -24,6 +24,8 @@ export interface ImportOptions {
   tag?: string;
   platform?: Platform;
   unpack?: Unpacker;
+  /** Deletes a half-made layer: needed with `chown` (see AddLayerOptions). */
+  removeTree?: (path: string) => Promise<void> | void;
   chown?: boolean;
 }
 
@@ -117,6 +119,7 @@ export async function importOciLayout(layout: string, store: LayerStore, options
       blobDigest: layer.digest,
       unpack: options.unpack,
       chown: options.chown,
+      removeTree: options.removeTree,
     });
   }
   const image: ImageRecord = {
@@ -268,6 +271,7 @@ async function importDockerArchive(file: string, scratch: string, store: LayerSt
       blobDigest: digest,
       unpack: options.unpack,
       chown: options.chown,
+      removeTree: options.removeTree,
     });
   }
   const image: ImageRecord = {

@@ -38,6 +38,8 @@ export interface PullOptions {
   /** Attempts per blob before giving up (default 4); each retry resumes with Range. */
   attempts?: number;
   unpack?: Unpacker;
+  /** Deletes a half-made layer: needed with `chown` (see AddLayerOptions). */
+  removeTree?: (path: string) => Promise<void> | void;
   chown?: boolean;
   env?: NodeJS.ProcessEnv;
 }
@@ -365,6 +367,7 @@ export async function pullImage(ref: string | ImageReference, store: LayerStore,
       blobDigest: descriptor.digest,
       unpack: options.unpack,
       chown: options.chown,
+      removeTree: options.removeTree,
     });
     progress(descriptor, 'done', descriptor.size);
   });

@@ -114,6 +114,8 @@ export interface AddLayerOptions {
   /** Runs the unpacking (default: in this process, without chown). */
   unpack?: Unpacker;
   chown?: boolean;
+  /** How to delete a half-made layer (with `chown`, its files belong to subordinate ids: see GcOptions). */
+  removeTree?: (path: string) => Promise<void> | void;
 }
 
 const KEY = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}$/;
@@ -128,6 +130,9 @@ export function imageKeyForDigest(digest: string): string {
 }
 
 export class LayerStore {
+  /** Leftovers of killed processes that sweep() could not remove (see sweepStale). */
+  private readonly stale: string[] = [];
+
   private constructor(readonly root: string) {}
 
   /** Open (creating if needed) the store and sweep what killed processes left behind. */
@@ -279,7 +284,7 @@ export class LayerStore {
         writeFileAtomic(join(temp, 'meta.json'), `${JSON.stringify(meta)}\n`);
         if (this.hasLayer(meta.diffId)) {
           // Known only after unpacking (no expected diff_id): someone stored it meanwhile.
-          await this.removeTemp(temp);
+          await this.removeTemp(temp, options);
           return this.readLayerMeta(meta.diffId);
         }
         try {
@@ -287,13 +292,14 @@ export class LayerStore {
         } catch (error) {
           const code = (error as NodeJS.ErrnoException).code;
           if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw error;
-          await this.removeTemp(temp);
+          await this.removeTemp(temp, options);
           return this.readLayerMeta(meta.diffId);
         }
         fsyncDir(join(this.root, 'layers/sha256'));
         return meta;
       } catch (error) {
-        await this.removeTemp(temp);
+        // The failure is what the user needs to see; a temp dir left behind is swept by the next open.
+        await this.removeTemp(temp, options).catch(() => undefined);
         throw error;
       }
     };
@@ -342,14 +348,14 @@ export class LayerStore {
         fsyncDir(join(this.root, 'layers/sha256'));
         return meta;
       } catch (error) {
-        await this.removeTemp(temp);
+        await this.removeTemp(temp, {}).catch(() => undefined);
         throw error;
       }
     });
   }
 
-  private async removeTemp(temp: string): Promise<void> {
-    removeTree(temp);
+  private async removeTemp(temp: string, options: Pick<AddLayerOptions, 'removeTree'>): Promise<void> {
+    await (options.removeTree ?? removeTree)(temp);
   }
 
   // ---- images ------------------------------------------------------------
@@ -417,6 +423,7 @@ export class LayerStore {
     const graceMs = options.graceMs ?? 10 * 60_000;
     const cutoff = Date.now() - graceMs;
     const remove = options.removeTree ?? removeTree;
+    await this.sweepStale(remove);
     return this.withLock('store', 'gc', async () => {
       const result: GcResult = { images: [], layers: [], blobs: [], bytesFreed: 0 };
       const referenced = this.referenceCounts();
@@ -496,13 +503,32 @@ export class LayerStore {
     return problems;
   }
 
-  /** Remove temp dirs and files whose owning process is gone. */
+  /**
+   * Remove temp dirs and files whose owning process is gone. A half-made layer of subordinate-owned
+   * files cannot be removed from out here: it waits for sweepStale() with a namespace-side remover.
+   */
+  /** Remove what sweep() could not, with a remover that works in the user namespace; best effort. */
+  async sweepStale(remove: (path: string) => Promise<void> | void): Promise<void> {
+    for (const path of this.stale.splice(0)) {
+      try {
+        await remove(path);
+      } catch {
+        // still there: the next open tries again
+      }
+    }
+  }
+
   private sweep(): void {
     for (const dir of ['layers', 'blobs/sha256', 'images', 'refs']) {
       const path = join(this.root, dir);
       for (const name of readdirSync(path)) {
         if (name.startsWith(TEMP_PREFIX)) {
-          if (!tempOwnerAlive(name)) removeTree(join(path, name));
+          if (tempOwnerAlive(name)) continue;
+          try {
+            removeTree(join(path, name));
+          } catch {
+            this.stale.push(join(path, name));
+          }
           continue;
         }
         // writeFileAtomic's temps: .<name>.<pid>.<ms>.tmp

@@ -20,6 +20,10 @@ export interface EnvironmentRecord {
   specFile: string;
   /** Digest of env.yaml when the environment was last brought up. */
   specDigest: string;
+  /** env.yaml's stat when its bytes had that digest: an unchanged stat spares `envy exec` the hashing. */
+  specStat?: { size: number; mtimeMs: number; ctimeMs: number; ino: number };
+  /** Digest of the spec without `services` (env/environment.ts environmentDigest): equal means only services changed. */
+  envDigest?: string;
   backend: 'namespace' | 'vm';
   /** Key of the built image the writable layer sits on. */
   imageKey?: string;

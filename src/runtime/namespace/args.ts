@@ -16,7 +16,7 @@ function checkPath(path: string, what: string): string {
 }
 
 /** The environment half: rootfs, mounts, hostname, network, keep-id map. */
-export function environmentArgs(config: EnvironmentConfig, user: Identity): string[] {
+export function environmentArgs(config: EnvironmentConfig, user: Identity, options: { identityFiles?: boolean } = {}): string[] {
   const args: string[] = [];
   if (config.rootfs.layers.length === 0) throw new EnvyError('RUNTIME', `environment ${config.id} has no layers`);
   for (const layer of config.rootfs.layers) args.push('--layer', checkPath(layer, 'layer dir'));
@@ -36,12 +36,13 @@ export function environmentArgs(config: EnvironmentConfig, user: Identity): stri
       args.push('--tmpfs', mount.size !== undefined ? `${target}:${mount.size}` : target);
     }
   }
-  args.push(
-    '--keep-id', `${user.uid}:${user.gid}`,
-    '--passwd', `${user.name}:x:${user.uid}:${user.gid}:${user.name}:${user.home}:/bin/sh`,
-    '--group', `${user.name}:x:${user.gid}:`,
-    '--mkhome', user.home,
-  );
+  args.push('--keep-id', `${user.uid}:${user.gid}`);
+  // A generated line is bound over /etc/passwd or /etc/group, and a bound file cannot be replaced:
+  // groupadd and adduser (package maintainer scripts run as root) fail on it. Root needs no name.
+  if (options.identityFiles !== false) {
+    args.push('--passwd', `${user.name}:x:${user.uid}:${user.gid}:${user.name}:${user.home}:/bin/sh`, '--group', `${user.name}:x:${user.gid}:`);
+  }
+  args.push('--mkhome', user.home);
   return args;
 }
 

@@ -72,7 +72,8 @@ export class NamespaceRuntime implements Runtime {
 
   async runOnce(config: EnvironmentConfig, spec: ProcessSpec): Promise<number> {
     const user = this.user(config, spec);
-    const args = ['run', ...this.environmentArgs(config, user), ...rlimitArgs(config), ...processArgs(spec, user)];
+    // One-shot runs are build steps: as root they may add users and groups (see environmentArgs).
+    const args = ['run', ...this.environmentArgs(config, user, { identityFiles: !spec.root }), ...rlimitArgs(config), ...processArgs(spec, user)];
     return this.runHelper(args, `cannot run ${spec.argv[0]} in a fresh environment ${config.id}`);
   }
 
@@ -82,6 +83,8 @@ export class NamespaceRuntime implements Runtime {
       // init forwards SIGTERM to every process of the environment and exits when they are gone;
       // whatever ignores it dies with init: the kernel kills a pid namespace whose init exits.
       signal(init.pid, 'SIGTERM');
+      // A stopped (SIGSTOP, frozen) init would sit on the SIGTERM until the grace period runs out.
+      signal(init.pid, 'SIGCONT');
       if (!(await waitForExit(init, graceMs))) {
         signal(init.pid, 'SIGKILL');
         if (!(await waitForExit(init, KILL_WAIT_MS))) {
@@ -101,7 +104,7 @@ export class NamespaceRuntime implements Runtime {
     return config.user ?? (spec && !spec.root ? spec.identity : undefined) ?? hostIdentity();
   }
 
-  private environmentArgs(config: EnvironmentConfig, user: Identity = this.user(config)): string[] {
+  private environmentArgs(config: EnvironmentConfig, user: Identity = this.user(config), options: { identityFiles?: boolean } = {}): string[] {
     const support = detectCgroupDelegation();
     const warning = limitsWarning(config, support);
     if (warning) (this.options.warn ?? ((line) => process.stderr.write(line)))(warning);
@@ -110,7 +113,7 @@ export class NamespaceRuntime implements Runtime {
       (this.options.warn ?? ((l) => process.stderr.write(l)))(line);
     }
     const cgroup = prepareCgroup(config, support);
-    return [...environmentArgs(config, user), ...(cgroup ? ['--cgroup', cgroup] : [])];
+    return [...environmentArgs(config, user, options), ...(cgroup ? ['--cgroup', cgroup] : [])];
   }
 
   private async runHelper(args: string[], what: string): Promise<number> {

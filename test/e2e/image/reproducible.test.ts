@@ -26,12 +26,12 @@ interface Build {
   manifest: string;
 }
 
-async function cleanBuild(delayMs: number): Promise<Build> {
+async function cleanBuild(delayMs: number, sharedHome?: string, firstStepPrefix = ''): Promise<Build & { home: string; output: string }> {
   await new Promise((resolve) => setTimeout(resolve, delayMs));
   const project = userTempDir('envy-repro-');
-  const home = userTempDir('envy-repro-home-');
+  const home = sharedHome ? { path: sharedHome, remove: () => undefined } : userTempDir('envy-repro-home-');
   cleanups.push(async () => {
-    await runAsUser(join(envyRoot(), 'dist/envy-ns'), ['userns', '--', 'rm', '-rf', home.path]);
+    if (!sharedHome) await runAsUser(join(envyRoot(), 'dist/envy-ns'), ['userns', '--', 'rm', '-rf', home.path]);
     home.remove();
     project.remove();
   });
@@ -45,14 +45,14 @@ async function cleanBuild(delayMs: number): Promise<Build> {
       'files:',
       '  - {src: app.txt, dest: /opt/app/app.txt, mode: "0644"}',
       'setup:',
-      '  - run: busybox mkdir -p /opt/gen/sub && echo generated > /opt/gen/file && busybox ln -s file /opt/gen/link && busybox touch /opt/gen/sub/empty',
+      `  - run: ${firstStepPrefix}busybox mkdir -p /opt/gen/sub && echo generated > /opt/gen/file && busybox ln -s file /opt/gen/link && busybox touch /opt/gen/sub/empty`,
       '  - run: busybox sleep 1 && echo later > /opt/gen/later && busybox rm /etc/os-release',
       '',
     ].join('\n'),
   );
   await write('app.txt', 'the app\n');
   const env = { ENVY_HOME: home.path, CI: 'true' };
-  ok(await envy(['build'], { cwd: project.path, env, timeoutMs: 180_000 }));
+  const built = ok(await envy(['build'], { cwd: project.path, env, timeoutMs: 180_000 }));
   const plan = JSON.parse(ok(await envy(['plan', '--json'], { cwd: project.path, env })).stdout) as { steps: { key: string }[] };
   const out = join(project.path, 'oci');
   ok(await envy(['export', '--oci', out], { cwd: project.path, env, timeoutMs: 120_000 }));
@@ -60,7 +60,7 @@ async function cleanBuild(delayMs: number): Promise<Build> {
   const manifest = JSON.parse(readFileSync(join(out, 'blobs/sha256', index.manifests[0]!.digest.slice(7)), 'utf8')) as { config: { digest: string } };
   const config = JSON.parse(readFileSync(join(out, 'blobs/sha256', manifest.config.digest.slice(7)), 'utf8')) as { rootfs: { diff_ids: string[] } };
   expect(plan.steps.length).toBeGreaterThan(4);
-  return { layers: config.rootfs.diff_ids, manifest: index.manifests[0]!.digest };
+  return { layers: config.rootfs.diff_ids, manifest: index.manifests[0]!.digest, home: home.path, output: built.stderr };
 }
 
 beforeAll(async () => {
@@ -88,5 +88,11 @@ describe('reproducible builds', () => {
     expect(second.manifest).toBe(first.manifest);
     // The build layers are there (base layers + files, user, run steps), not just the base.
     expect(first.layers.length).toBeGreaterThanOrEqual(6);
+
+    // Into the first store, a first setup step worded differently (a new key) that makes the same files:
+    // it and the steps after it rerun, and the layers they make are ones the store already holds.
+    const third = await cleanBuild(0, first.home, 'true && ');
+    expect(third.output).toMatch(/built repro: image [0-9a-f]{12} \(3 built, 3 cached\)/);
+    expect(third.layers).toEqual(first.layers);
   }, 400_000);
 });

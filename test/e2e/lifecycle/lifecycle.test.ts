@@ -83,6 +83,21 @@ describe('envy up / exec / down on a host base', () => {
     expect(readFileSync(join(project.path, 'made-inside'), 'utf8')).toBe('from-inside\n');
   });
 
+  test('exec notices env.yaml edited in place (same size, same inode) and applies it first', async () => {
+    // exec trusts an unchanged stat of env.yaml instead of hashing it: an edit must never look unchanged.
+    const file = join(project.path, 'env.yaml');
+    const before = readFileSync(file, 'utf8');
+    writeFileSync(file, before.replace('GREETING: hello', 'GREETING: howdy'));
+    expect(ok(await run(['exec', '--', 'sh', '-c', 'echo $GREETING'])).stdout).toBe('howdy\n');
+    writeFileSync(file, before);
+    expect(ok(await run(['exec', '--', 'sh', '-c', 'echo $GREETING'])).stdout).toBe('hello\n');
+    // Touched, not changed: the bytes decide, and the environment keeps running as it was.
+    const pid = (JSON.parse(ok(await run(['status', '--json'])).stdout) as { environments: { name: string; pid?: number }[] }).environments.find((e) => e.name === 'life')?.pid;
+    execFileSync('touch', [file]);
+    expect(ok(await run(['exec', '--', 'sh', '-c', 'echo $GREETING'])).stdout).toBe('hello\n');
+    expect((JSON.parse(ok(await run(['status', '--json'])).stdout) as { environments: { name: string; pid?: number }[] }).environments.find((e) => e.name === 'life')?.pid).toBe(pid);
+  });
+
   test('the writable layer survives down/up; status follows; down --rm forgets it', async () => {
     ok(await run(['exec', '--', 'sh', '-c', 'echo kept > /var/tmp/state']));
     expect(ok(await run(['down'])).stdout).toContain('stopped (its writable layer is kept');

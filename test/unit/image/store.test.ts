@@ -136,6 +136,33 @@ describe('LayerStore', () => {
   });
 });
 
+describe('LayerStore.addLayer when unpacking fails', () => {
+  let root: string;
+  beforeEach(() => (root = mkdtempSync(join(tmpdir(), 'envy-store-fail-'))));
+  afterEach(() => rmSync(root, { recursive: true, force: true }));
+
+  it('reports the unpack error, not a failure to clean up, and removes the half-made layer with the given remover', async () => {
+    const store = LayerStore.open(join(root, 'store'));
+    const removed: string[] = [];
+    const attempt = store.addLayer(join(root, 'nothing.tar'), {
+      label: 'broken.tar',
+      createdBy: 'test',
+      unpack: async (_source, dest) => {
+        mkdirSync(join(dest, 'etc'), { recursive: true });
+        throw new Error('the tar is truncated');
+      },
+      removeTree: (path) => {
+        removed.push(path);
+        // A remover that cannot (subordinate-owned files seen from outside the namespace) must not mask the cause.
+        throw Object.assign(new Error('EPERM: operation not permitted'), { code: 'EPERM' });
+      },
+    });
+    await expect(attempt).rejects.toThrow('the tar is truncated');
+    expect(removed).toHaveLength(1);
+    expect(removed[0]).toMatch(/[/]layers[/]\.tmp-layer-/);
+  });
+});
+
 describe('LayerStore.commitLayerDir', () => {
   function makeTree(dir: string, stamp: Date): void {
     mkdirSync(join(dir, 'etc/conf.d'), { recursive: true });
