@@ -51,6 +51,24 @@ if (existsSync(helperSource)) {
   }
 }
 
+// The VM backend's stage-1 init (PID 1 of the guest's initramfs), static, one per guest architecture.
+// A missing compiler only disables VMs of that architecture: envy says so when such a VM boots.
+const initSource = join(root, 'native/envy-init.c');
+if (existsSync(initSource)) {
+  const hostArch = process.arch === 'arm64' ? 'aarch64' : 'x86_64';
+  const compilers = { x86_64: hostArch === 'x86_64' ? (process.env.CC ?? 'cc') : 'x86_64-linux-gnu-gcc', aarch64: hostArch === 'aarch64' ? (process.env.CC ?? 'cc') : 'aarch64-linux-gnu-gcc' };
+  for (const [arch, cc] of Object.entries(compilers)) {
+    try {
+      execFileSync(cc, ['-O2', '-Wall', '-Wextra', '-Werror', '-std=gnu11', '-static', '-s', '-o', join(staging, `envy-init-${arch}`), initSource], { stdio: ['ignore', 'ignore', 'pipe'] });
+    } catch (error) {
+      const why = error.code === 'ENOENT' ? `${cc} is not installed` : String(error.stderr ?? error.message).split('\n')[0];
+      console.error(`envy build: note: no ${arch} VM init (${why}); ` +
+        (arch === hostArch ? 'install gcc and libc6-dev' : `install gcc-${arch === 'aarch64' ? 'aarch64' : 'x86-64'}-linux-gnu and libc6-dev-${arch === 'aarch64' ? 'arm64' : 'amd64'}-cross`) +
+        ` for backend: vm with arch ${arch}`);
+    }
+  }
+}
+
 // The VM guest agent: static, so one binary drops into any image (docs/vm-agent.md). The aarch64 build
 // needs Debian's cross compiler; without it the VM backend can still boot x86_64 guests.
 const agentSource = join(root, 'native/envy-agent.c');

@@ -20,7 +20,8 @@ import { tempName } from '../image/temp.js';
 import type { ExtractResult } from '../image/extract.js';
 import type { Reporter } from '../cli/ui/events.js';
 import { packageName, pinnedRequest } from '../plan/packages.js';
-import type { BaseStep, BuildPlan, FilesStep, PackagesStep, RunStep, Step, UserStep } from '../plan/types.js';
+import { KERNEL_MARKER, kernelScript } from '../plan/kernel.js';
+import type { BaseStep, BuildPlan, FilesStep, KernelStep, PackagesStep, RunStep, Step, UserStep } from '../plan/types.js';
 import { NamespaceRuntime } from '../runtime/namespace/runtime.js';
 import type { EnvironmentConfig, Identity, MountRequest, ProcessSpec } from '../runtime/types.js';
 import { cacheDir } from '../state/paths.js';
@@ -48,6 +49,8 @@ export interface BuildOptions {
 export interface ResolvedVersions {
   baseDigest?: string;
   packages: Record<'apt' | 'npm' | 'pip', Record<string, string>>;
+  /** The kernel package a kernel step unpacked (backend: vm). */
+  kernel?: { package: string; version: string };
 }
 
 export interface BuildResult {
@@ -175,6 +178,8 @@ export class Executor {
     switch (step.kind) {
       case 'env':
         return this.derive(step, parent, [], { env: mergeEnv(parent.config.env, step.env) });
+      case 'kernel':
+        return this.runStep(step, parent, log, { argv: ['/bin/sh', '-c', `set -e\n${kernelScript(step)}`], root: true });
       case 'packages':
         return this.runStep(step, parent, log, { argv: ['/bin/sh', '-c', this.packagesScript(step)], root: true });
       case 'files':
@@ -291,7 +296,7 @@ export class Executor {
   }
 
   private async runStep(
-    step: PackagesStep | FilesStep | UserStep | RunStep,
+    step: KernelStep | PackagesStep | FilesStep | UserStep | RunStep,
     parent: ImageRecord,
     log: StepLog,
     how: { argv: string[]; root: boolean; cwd?: string; env?: Record<string, string>; extraMounts?: MountRequest[] },
@@ -305,7 +310,7 @@ export class Executor {
     try {
       const mounts: MountRequest[] = [...(how.extraMounts ?? [])];
       if (parent.config.labels?.[HOST_BASE_LABEL]) mounts.push({ type: 'bind', source: '/usr', target: '/usr', readonly: true });
-      if (step.kind === 'packages' && step.manager === 'apt') {
+      if ((step.kind === 'packages' && step.manager === 'apt') || step.kind === 'kernel') {
         const archives = join(cacheDir(), 'apt-archives');
         mkdirSync(join(archives, 'partial'), { recursive: true });
         mounts.push({ type: 'bind', source: archives, target: '/var/cache/apt/archives' });
@@ -340,6 +345,12 @@ export class Executor {
         });
       }
       if (step.kind === 'packages') this.collectVersions(step, log.tail);
+      if (step.kind === 'kernel') {
+        const marker = log.tail.find((l) => l.startsWith(KERNEL_MARKER));
+        const [name, version] = marker?.slice(KERNEL_MARKER.length).split('\t') ?? [];
+        if (!name || !version) throw new EnvyError('BUILD', `step "${step.label}" did not say which kernel it unpacked`, { details: [`log: ${log.path}`] });
+        this.resolved.kernel = { package: name, version };
+      }
       const layer = await this.commitDirectory(upper, step.label, step.label);
       return this.derive(step, parent, [layer], {});
     } finally {

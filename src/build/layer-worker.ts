@@ -8,6 +8,8 @@
  *   own-by-root DIR      every entry of DIR chowned to 0:0 (layers made by the host user)
  *   export STORE KEY oci|docker-archive PATH TAG UID:GID  the image exported with the owners its layers
  *                        mean, the output then handed to UID:GID (the invoking user, mapped inside)
+ *   vm-disk OUT UID:GID LOWER...  the VM's ext4 root disk, kernel and modules from the image's layers
+ *                        (runtime/vm/disk-worker.ts), handed to UID:GID
  * Errors go to stderr as one line and exit 1.
  */
 import { lchownSync, lstatSync, lutimesSync, readdirSync, renameSync } from 'node:fs';
@@ -15,6 +17,7 @@ import { join } from 'node:path';
 import { extractLayer, removeTree } from '../image/extract.js';
 import { exportImage, tarTree } from '../image/export.js';
 import { LayerStore } from '../image/store.js';
+import { vmDiskJob } from '../runtime/vm/disk-worker.js';
 import type { LayerSnapshot } from './userns.js';
 
 function clampMtimes(path: string, epoch: number): void {
@@ -68,6 +71,7 @@ async function main(argv: string[]): Promise<unknown> {
     chownTree(output);
     return result;
   }
+  if (job === 'vm-disk') return vmDiskJob(args, { node: process.execPath, worker: process.argv[1]! });
   throw new Error(`usage: layer-worker snapshot DIR EPOCH [DEST] | unpack TAR DEST LABEL | remove PATH... | own-by-root DIR | export STORE KEY KIND PATH TAG UID:GID (got: ${argv.join(' ')})`);
 }
 

@@ -14,6 +14,7 @@ import type { ExtractResult } from '../image/extract.js';
 import { packageRoot } from '../package-root.js';
 import { ensureHelper } from '../runtime/namespace/helper.js';
 import type { Identity } from '../runtime/types.js';
+import type { VmDiskResult } from '../runtime/vm/disk-worker.js';
 
 /** A directory's identity as a layer: the digest of its deterministic tar (image/export.ts tarTree). */
 export interface LayerSnapshot {
@@ -73,4 +74,9 @@ export function exportInUserNamespace(
 ): Promise<ExportResult> {
   const [kind, path] = 'oci' in target ? ['oci', target.oci] : ['docker-archive', target.dockerArchive];
   return inUserNamespace(identity, ['export', storeRoot, imageKey, kind, path, tag ?? '', `${identity.uid}:${identity.gid}`], `exporting to ${path}`);
+}
+
+/** The VM root disk, kernel and modules of an image (runtime/vm/disk-worker.ts); `lowers` top first. */
+export function vmDiskInUserNamespace(identity: Pick<Identity, 'uid' | 'gid'>, out: string, lowers: string[]): Promise<VmDiskResult> {
+  return inUserNamespace(identity, ['vm-disk', out, `${identity.uid}:${identity.gid}`, ...lowers], `building the VM disk in ${out}`);
 }

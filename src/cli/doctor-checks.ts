@@ -200,6 +200,15 @@ function checkProgram(id: string, title: string, program: string, aptPackage: st
     : { id, title, severity, ok: false, detail: `${program} not found: ${purpose}`, fix: `sudo apt-get install -y ${aptPackage}`, aptPackage };
 }
 
+/** The static guest init (and agent) `npm run build` compiled for the host's architecture. */
+function checkVmInit(): CheckResult {
+  const arch = process.arch === 'arm64' ? 'aarch64' : 'x86_64';
+  const base = { id: 'vm-init', title: `VM guest init and agent (${arch})`, severity: 'optional' as const };
+  const missing = [`envy-init-${arch}`, `envy-agent-${arch}`].filter((name) => !existsSync(join(packageRoot(), 'dist', name)));
+  if (missing.length === 0) return { ...base, ok: true, detail: `dist/envy-init-${arch}, dist/envy-agent-${arch}` };
+  return { ...base, ok: false, detail: `${missing.join(', ')} not built: backend: vm cannot boot (or has no agent)`, fix: 'sudo apt-get install -y gcc libc6-dev && npm run build', aptPackage: 'libc6-dev' };
+}
+
 function checkKvm(): CheckResult {
   const base = { id: 'kvm', title: 'KVM for the VM backend', severity: 'optional' as const };
   if (!existsSync('/dev/kvm')) return { ...base, ok: false, detail: 'no /dev/kvm: VMs run under TCG emulation (slow)', fix: 'enable virtualisation in the firmware and load kvm_intel or kvm_amd' };
@@ -262,6 +271,9 @@ export async function runChecks(): Promise<CheckResult[]> {
     checkProgram('qemu-x86_64', 'qemu x86_64 (VM backend)', 'qemu-system-x86_64', 'qemu-system-x86', 'optional', 'needed for `backend: vm`'),
     checkProgram('qemu-aarch64', 'qemu aarch64 (arm64 VMs)', 'qemu-system-aarch64', 'qemu-system-arm', 'optional', 'needed for `backend: {type: vm, arch: aarch64}`'),
     checkProgram('qemu-img', 'qemu-img (VM disks)', 'qemu-img', 'qemu-utils', 'optional', 'needed for `backend: vm`'),
+    checkProgram('mke2fs', 'mke2fs (VM root disks)', 'mke2fs', 'e2fsprogs', 'optional', 'needed for `backend: vm` (the image becomes an ext4 disk)'),
+    checkProgram('xz', 'xz (VM kernels)', 'xz', 'xz-utils', 'optional', 'needed for `backend: vm` (the kernel is unpacked once per image)'),
+    checkVmInit(),
     checkProgram('ssh-keygen', 'ssh-keygen (envy ssh-config)', 'ssh-keygen', 'openssh-client', 'optional', 'needed to make the keys of `envy ssh-config` / `envy attach`'),
     checkKvm(),
     checkCrossAgent(),

@@ -75,6 +75,8 @@ export async function tryFastExec(args: FastExecArgs): Promise<number | undefine
   const record = currentRecord(args.file);
   if (!record?.exec) return undefined;
   const { identity, workdir, env, resources } = record.exec;
+  // A VM takes the full path (the VM runtime stays out of this bundle; a guest exec costs far more anyway).
+  if (record.backend === 'vm') return undefined;
   const runtime = new NamespaceRuntime();
   const config = { id: record.id, hostname: record.name, rootfs: { layers: [] }, mounts: [], network: 'host' as const, user: identity, resources };
   if ((await runtime.status(config)).state !== 'running') return undefined;

@@ -1,6 +1,6 @@
 /** `envy exec -- CMD...` and `envy shell`: run in the project's environment, starting it if it is down. */
 import { EnvyError } from '../errors.js';
-import { NamespaceRuntime } from '../runtime/namespace/runtime.js';
+import { runtimeFor } from '../runtime/select.js';
 import { tryFastExec } from './exec-fast.js';
 
 // The full path (env.yaml, plan, build) is imported only when the fast path cannot serve.
@@ -29,7 +29,7 @@ function parseEnv(pairs: string[] = []): Record<string, string> {
 async function prepare(args: { file?: string; quiet: boolean }) {
   const [{ loadProject }, { createReporter }, { ensureRunning }] = await Promise.all([import('./project.js'), import('./ui/reporter.js'), lifecycle()]);
   const project = await loadProject(args.file);
-  const runtime = new NamespaceRuntime();
+  const runtime = await runtimeFor(project.spec.backend.type);
   // Starting (or building) prints progress to stderr only when there is something to do.
   const reporter = await createReporter({ mode: args.quiet ? 'quiet' : 'plain' });
   try {

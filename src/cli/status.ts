@@ -1,6 +1,8 @@
 /** `envy status`: every environment of this user, asked of the runtime (never cached, never hanging on a dead one). */
 import { diskUsage } from '../image/store.js';
-import { NamespaceRuntime } from '../runtime/namespace/runtime.js';
+import { join } from 'node:path';
+import { runtimeFor } from '../runtime/select.js';
+import type { RuntimeStatus } from '../runtime/types.js';
 import { environmentPaths, listRecords } from '../state/environments.js';
 import { formatBytes } from './ui/events.js';
 import { describeSync, syncReport } from '../env/workspace-sync.js';
@@ -12,6 +14,8 @@ interface StatusRow extends EnvironmentRecord {
   state: 'running' | 'stopped';
   pid?: number;
   startedAt?: string;
+  /** A VM's guest: architecture, kernel, KVM or TCG. */
+  vm?: RuntimeStatus['vm'];
   diskBytes: number;
   /** The writable layer's share of diskBytes. */
   writableLayerBytes: number;
@@ -21,15 +25,16 @@ interface StatusRow extends EnvironmentRecord {
 }
 
 export async function run(args: { json: boolean }): Promise<number> {
-  const runtime = new NamespaceRuntime();
   const rows: StatusRow[] = [];
   for (const record of listRecords()) {
+    const runtime = await runtimeFor(record.backend ?? 'namespace');
     const status = await runtime.status({ id: record.id, hostname: record.name, rootfs: { layers: [] }, mounts: [], network: 'host', resources: {} });
     let disk = 0;
     let writable = 0;
     try {
       disk = diskUsage(environmentPaths(record.id).root);
-      writable = diskUsage(environmentPaths(record.id).upper);
+      // A VM's writable state is its qcow2 overlay, not an upper dir.
+      writable = diskUsage(record.backend === 'vm' ? join(environmentPaths(record.id).root, 'vm') : environmentPaths(record.id).upper);
     } catch {
       // Files of subordinate owners may be unreadable; the figure is then a lower bound.
     }
@@ -41,6 +46,7 @@ export async function run(args: { json: boolean }): Promise<number> {
       state: status.state,
       pid: status.pid,
       startedAt: status.startedAt,
+      ...(status.vm ? { vm: status.vm } : {}),
       diskBytes: disk,
       writableLayerBytes: writable,
       services: services.services,
@@ -61,9 +67,11 @@ export async function run(args: { json: boolean }): Promise<number> {
     const s = Math.max(0, Math.round((Date.now() - Date.parse(startedAt)) / 1000));
     return s < 60 ? `${s}s` : s < 3600 ? `${Math.floor(s / 60)}m` : `${Math.floor(s / 3600)}h${Math.floor((s % 3600) / 60)}m`;
   };
+  // A VM's state names its guest: `running (vm x86_64 6.1.0-18-amd64, tcg, pid 123)`.
+  const state = (r: StatusRow): string => (r.vm ? `${r.state} (vm ${r.vm.arch} ${r.vm.kernel}, ${r.vm.accel}, pid ${r.pid})` : r.state);
   const table = [
     ['NAME', 'STATE', 'UPTIME', 'WRITABLE', 'SYNC', 'PROJECT'],
-    ...rows.map((r) => [r.name, r.state, uptime(r.startedAt), formatBytes(r.writableLayerBytes), r.syncStatus ? describeSync(r.syncStatus) : '-', r.projectDir]),
+    ...rows.map((r) => [r.name, state(r), uptime(r.startedAt), formatBytes(r.writableLayerBytes), r.syncStatus ? describeSync(r.syncStatus) : '-', r.projectDir]),
   ];
   const widths = table[0]!.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
   const lines: string[] = [];

@@ -54,6 +54,9 @@ export async function buildProject(project: Project, options: { frozen: boolean;
       if (version !== undefined && lock.packages[manager][request] === null) lock.packages[manager][request] = version;
     }
   }
+  if (lock.kernel && result.resolved.kernel && !lock.kernel.resolved) {
+    lock.kernel = { package: lock.kernel.package, resolved: result.resolved.kernel.package, version: result.resolved.kernel.version };
+  }
   const lockChanged = !project.lock || renderLock(project.lock) !== renderLock(lock);
   // --frozen never writes: the lock is the input there, not the output.
   if (!lockChanged || options.frozen) return { ...result, plan, lock, identity, store, lockChanged };

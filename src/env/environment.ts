@@ -16,8 +16,9 @@ import { resolveBindSource } from '../config/normalize.js';
 import type { EnvSpec } from '../config/types.js';
 import { EnvyError } from '../errors.js';
 import { LayerStore, type ImageRecord } from '../image/store.js';
-import { NamespaceRuntime } from '../runtime/namespace/runtime.js';
-import type { EnvironmentConfig, Identity, MountRequest, ProcessSpec } from '../runtime/types.js';
+import { runtimeFor, runtimeWritingTo } from '../runtime/select.js';
+import type { EnvironmentConfig, Identity, MountRequest, ProcessSpec, Runtime } from '../runtime/types.js';
+import type { VmBoot } from '../runtime/vm/runtime.js';
 import {
   environmentId,
   environmentPaths,
@@ -145,11 +146,11 @@ function changedServices(id: string, services: EnvSpec['services']): string[] {
  * Bring the project's environment up: build what changed, (re)create the
  * writable layer when the image changed, start it, run the hooks that are due.
  */
-export async function up(project: Project, options: { frozen: boolean; reporter: Reporter; runtime?: NamespaceRuntime; signal?: AbortSignal }): Promise<UpResult> {
+export async function up(project: Project, options: { frozen: boolean; reporter: Reporter; runtime?: Runtime; signal?: AbortSignal }): Promise<UpResult> {
   const { spec, source } = project;
   const id = environmentId(source.dir, spec.name);
   const paths = environmentPaths(id);
-  const runtime = options.runtime ?? new NamespaceRuntime();
+  const runtime = options.runtime ?? (await runtimeFor(spec.backend.type));
   const lock = await lockEnvironment(id, options.reporter);
   try {
     const notes: string[] = [];
@@ -157,6 +158,10 @@ export async function up(project: Project, options: { frozen: boolean; reporter:
     const build = await buildProject(project, { frozen: options.frozen, reporter: options.reporter, signal: options.signal });
     const image = build.image;
     const config = environmentConfig(id, spec, source.dir, image, build.store, build.identity);
+    if (spec.backend.type === 'vm' && 'useImage' in runtime) {
+      const { arch, memory, cpus } = spec.backend;
+      (runtime as { useImage(boot: VmBoot): void }).useImage({ image, store: build.store, identity: build.identity, arch, memory, cpus, ports: spec.ports });
+    }
     const running = (await runtime.status(config)).state === 'running';
     const envDigest = environmentDigest(spec);
     const unchanged = running && previous?.imageKey === image.key && previous.specDigest === source.digest;
@@ -269,7 +274,7 @@ export async function up(project: Project, options: { frozen: boolean; reporter:
  * environment's hooks log (`envy logs --hooks`) and is followed from there to stdout. A file, not
  * a pipe: a process a hook leaves in the background keeps a valid stdout after `up` exits.
  */
-export async function runHooks(env: PreparedEnvironment, runtime: NamespaceRuntime, name: string, commands: string[], options: { log?: boolean } = {}): Promise<void> {
+export async function runHooks(env: PreparedEnvironment, runtime: Runtime, name: string, commands: string[], options: { log?: boolean } = {}): Promise<void> {
   for (const command of commands) {
     let code: number;
     if (options.log) {
@@ -289,7 +294,7 @@ export async function runHooks(env: PreparedEnvironment, runtime: NamespaceRunti
       };
       const timer = setInterval(echo, 100);
       try {
-        code = await runHook(env, new NamespaceRuntime({ stdio: ['inherit', fd, fd] }), command);
+        code = await runHook(env, await runtimeWritingTo(runtime.backend, fd), command);
       } finally {
         clearInterval(timer);
         closeSync(fd);
@@ -306,7 +311,7 @@ export async function runHooks(env: PreparedEnvironment, runtime: NamespaceRunti
   }
 }
 
-function runHook(env: PreparedEnvironment, runtime: NamespaceRuntime, command: string): Promise<number> {
+function runHook(env: PreparedEnvironment, runtime: Runtime, command: string): Promise<number> {
   return runtime.exec(env.config, {
     argv: ['/bin/sh', '-c', command],
     env: processEnv(env.image, env.identity, false),
@@ -318,7 +323,7 @@ function runHook(env: PreparedEnvironment, runtime: NamespaceRuntime, command: s
 }
 
 /** The running environment of a project, starting it (with `up`) when it is down or env.yaml changed. */
-export async function ensureRunning(project: Project, reporter: Reporter, runtime: NamespaceRuntime): Promise<PreparedEnvironment> {
+export async function ensureRunning(project: Project, reporter: Reporter, runtime: Runtime): Promise<PreparedEnvironment> {
   const id = environmentId(project.source.dir, project.spec.name);
   const record = readRecord(id);
   // The fast path: nothing changed since `up`, and it runs. No plan, no build, no lock.
@@ -336,7 +341,7 @@ export async function ensureRunning(project: Project, reporter: Reporter, runtim
   return up(project, { frozen: false, reporter, runtime });
 }
 
-export async function down(project: Project, options: { remove: boolean; runtime?: NamespaceRuntime }): Promise<{ id: string; wasRunning: boolean; removed: boolean }> {
+export async function down(project: Project, options: { remove: boolean; runtime?: Runtime }): Promise<{ id: string; wasRunning: boolean; removed: boolean }> {
   const id = environmentId(project.source.dir, project.spec.name);
   const record = readRecord(id);
   if (!record) {
@@ -347,7 +352,7 @@ export async function down(project: Project, options: { remove: boolean; runtime
     }
     return { id, wasRunning: false, removed: false };
   }
-  const runtime = options.runtime ?? new NamespaceRuntime();
+  const runtime = options.runtime ?? (await runtimeFor(record.backend));
   const lock = await lockEnvironment(id, undefined);
   try {
     // stop() needs only the id; the rest of the config is not consulted.

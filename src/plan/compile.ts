@@ -26,8 +26,9 @@ import { EnvyError } from '../errors.js';
 import { canonicalDigest, type Canonical } from './canonical.js';
 import { checkProjectPath, confine, hashFileSync, projectRoot, treeDigest, treeEntries } from './content.js';
 import { expandGlob, hasMagic } from './glob.js';
+import { kernelPackage } from './kernel.js';
 import { lockedBaseDigest } from './lock.js';
-import type { BaseStep, BuildPlan, EnvLock, EnvStep, FilesStep, OciFormat, PackagesStep, RunStep, Step, UserStep } from './types.js';
+import type { BaseStep, BuildPlan, EnvLock, EnvStep, FilesStep, KernelStep, OciFormat, PackagesStep, RunStep, Step, UserStep } from './types.js';
 
 /** Bumped when the key derivation changes, so stores never confuse keys of two derivations. */
 export const KEY_FORMAT = 1;
@@ -57,6 +58,18 @@ export function compilePlan(spec: EnvSpec, projectDir: string, lock?: EnvLock, o
   const arch = options.arch ?? (spec.backend.type === 'vm' ? spec.backend.arch : hostArch());
   const base = baseStep(spec.base, root, lock, arch);
   add<BaseStep>(base.step, base.keyInputs);
+
+  // Right after the base: editing packages or setup never refetches the kernel.
+  const kernel = kernelPackage(spec);
+  if (kernel !== undefined) {
+    if (spec.base.kind === 'host') {
+      throw new EnvyError('CONFIG_INVALID', 'backend: vm needs an image with its own /usr; base: host shares the host\'s', { hint: 'use a debian or image base with backend: vm' });
+    }
+    const locked = lock?.kernel;
+    const pinned = locked && locked.package === kernel && locked.resolved && locked.version ? { package: locked.resolved, version: locked.version } : undefined;
+    const label = `kernel ${pinned ? `${pinned.package}=${pinned.version}` : kernel} (${arch})`;
+    add<KernelStep>({ kind: 'kernel', arch, package: kernel, ...(pinned ? { pinned } : {}), label }, { arch, package: kernel, pinned: pinned ?? null });
+  }
 
   for (const manager of ['apt', 'npm', 'pip'] as const) {
     const packages = [...new Set(spec.packages[manager])].sort();

@@ -14,6 +14,7 @@ import type { EnvSpec } from '../config/types.js';
 import { sourcesFor } from '../image/debian.js';
 import { EnvyError } from '../errors.js';
 import { quoteArg } from '../exec.js';
+import { kernelScript } from './kernel.js';
 import { pinnedRequest } from './packages.js';
 import type { BaseStep, BuildPlan, FilesStep, PackagesStep, RunStep, UserStep } from './types.js';
 
@@ -49,6 +50,11 @@ export function renderDockerfile(plan: BuildPlan, spec: EnvSpec): string {
     switch (step.kind) {
       case 'base':
         out.push(...baseLines(step));
+        return;
+      case 'kernel':
+        useShell(DEFAULT_SHELL);
+        useUser('root');
+        out.push(`RUN ${kernelScript(step).split('\n').join(' && \\\n    ')}`);
         return;
       case 'packages':
         useShell(DEFAULT_SHELL);

@@ -13,7 +13,8 @@ import { EnvyError } from '../errors.js';
 import { formatReference, parseReference } from '../image/reference.js';
 import { writeFileAtomic } from '../state/atomic.js';
 import { canonicalDigest, type Canonical } from './canonical.js';
-import type { EnvLock, LockedBase, LockSection } from './types.js';
+import { kernelPackage } from './kernel.js';
+import type { EnvLock, LockedBase, LockSection, LockedKernel } from './types.js';
 
 export const LOCK_FILE_NAME = 'env.lock';
 export const LOCKFILE_VERSION = 1;
@@ -113,7 +114,10 @@ export function lockFromSpec(spec: EnvSpec): EnvLock {
     packages[manager] = {};
     for (const name of packageList(spec, manager)) packages[manager][name] = null;
   }
-  return { lockfileVersion: LOCKFILE_VERSION, specDigest: specDigestOf(spec, sections), sections, base: { ...spec.base }, packages };
+  const lock: EnvLock = { lockfileVersion: LOCKFILE_VERSION, specDigest: specDigestOf(spec, sections), sections, base: { ...spec.base }, packages };
+  const kernel = kernelPackage(spec);
+  if (kernel !== undefined) lock.kernel = { package: kernel };
+  return lock;
 }
 
 /**
@@ -130,6 +134,9 @@ export function refreshLock(spec: EnvSpec, previous: EnvLock | undefined): EnvLo
       const version = previous.packages[manager][name];
       if (typeof version === 'string') lock.packages[manager][name] = version;
     }
+  }
+  if (lock.kernel && previous.kernel?.package === lock.kernel.package && previous.kernel.resolved && previous.kernel.version) {
+    lock.kernel = { ...previous.kernel };
   }
   return lock;
 }
@@ -156,6 +163,8 @@ export function checkFrozen(spec: EnvSpec, lock: EnvLock | undefined): void {
       if (!wanted.includes(name)) problems.push(`packages.${manager}: env.yaml drops "${name}", env.lock still has it`);
     }
   }
+  const kernel = kernelPackage(spec);
+  if (kernel !== lock.kernel?.package) problems.push(`backend: the VM kernel changed from ${lock.kernel?.package ?? 'none'} to ${kernel ?? 'none'}`);
   const sections = sectionDigests(spec);
   for (const section of SECTIONS) {
     if (lock.sections[section] !== sections[section]) problems.push(`${section}: ${SECTION_CHANGED[section]} since env.lock was written`);
@@ -198,7 +207,11 @@ export function renderLock(lock: EnvLock): string {
     packages[manager] = {};
     for (const name of Object.keys(lock.packages[manager]).sort()) packages[manager][name] = lock.packages[manager][name] ?? null;
   }
-  const body = { lockfileVersion: lock.lockfileVersion, specDigest: lock.specDigest, base, packages, sections };
+  const body: Record<string, unknown> = { lockfileVersion: lock.lockfileVersion, specDigest: lock.specDigest, base, packages };
+  if (lock.kernel) {
+    body.kernel = { package: lock.kernel.package, ...(lock.kernel.resolved ? { resolved: lock.kernel.resolved } : {}), ...(lock.kernel.version ? { version: lock.kernel.version } : {}) };
+  }
+  body.sections = sections;
   return HEADER + stringify(body, { defaultStringType: 'QUOTE_DOUBLE', defaultKeyType: 'PLAIN', lineWidth: 0 });
 }
 
@@ -296,14 +309,26 @@ class LockReader {
 
   read(): EnvLock {
     const top = this.map([]);
-    this.only([], top, ['lockfileVersion', 'specDigest', 'base', 'packages', 'sections']);
+    this.only([], top, ['lockfileVersion', 'specDigest', 'base', 'packages', 'kernel', 'sections']);
     const version = top.lockfileVersion;
     if (typeof version === 'number' && Number.isInteger(version) && version > LOCKFILE_VERSION) {
       this.fail(['lockfileVersion'], `version ${version} was written by a newer envy (this one reads version ${LOCKFILE_VERSION})`);
     }
     if (version !== LOCKFILE_VERSION) this.fail(['lockfileVersion'], `expected ${LOCKFILE_VERSION}, got ${shown(version)}`);
     const specDigest = this.digest(['specDigest'], top.specDigest);
-    return { lockfileVersion: LOCKFILE_VERSION, specDigest, sections: this.sections(), base: this.base(), packages: this.packages() };
+    const lock: EnvLock = { lockfileVersion: LOCKFILE_VERSION, specDigest, sections: this.sections(), base: this.base(), packages: this.packages() };
+    if (top.kernel !== undefined) lock.kernel = this.kernel();
+    return lock;
+  }
+
+  private kernel(): LockedKernel {
+    const path = ['kernel'];
+    const raw = this.map(path);
+    this.only(path, raw, ['package', 'resolved', 'version']);
+    const kernel: LockedKernel = { package: this.string([...path, 'package'], raw.package, /^linux-image-/, 'a linux-image-* package name') };
+    if (raw.resolved !== undefined) kernel.resolved = this.string([...path, 'resolved'], raw.resolved, /^linux-image-/, 'a linux-image-* package name');
+    if (raw.version !== undefined) kernel.version = this.string([...path, 'version'], raw.version, /./, 'a version string');
+    return kernel;
   }
 
   private sections(): EnvLock['sections'] {

@@ -75,6 +75,8 @@ function details(step: Step): Record<string, unknown> {
   switch (step.kind) {
     case 'base':
       return { source: { ...step.source }, arch: step.arch, digest: step.digest, ociFormat: step.ociFormat };
+    case 'kernel':
+      return { arch: step.arch, package: step.package, pinned: step.pinned ? { ...step.pinned } : undefined };
     case 'packages':
       return { manager: step.manager, packages: [...step.packages], pinned: { ...step.pinned } };
     case 'files':

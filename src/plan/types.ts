@@ -5,7 +5,7 @@
  */
 import type { Arch, BaseSource } from '../config/types.js';
 
-export type StepKind = 'base' | 'packages' | 'files' | 'run' | 'env' | 'user';
+export type StepKind = 'base' | 'kernel' | 'packages' | 'files' | 'run' | 'env' | 'user';
 
 interface StepCommon {
   /** sha256 hex, the cache key. */
@@ -36,6 +36,20 @@ export interface PackagesStep extends StepCommon {
   packages: string[];
   /** Versions pinned by env.lock (package -> version), when known. */
   pinned: Record<string, string>;
+}
+
+/**
+ * The VM backend's guest kernel, from the plan rather than the host: Debian's kernel package
+ * (`package`, a metapackage like linux-image-amd64 or a versioned linux-image-6.1.0-18-amd64)
+ * fetched with `apt-get download` and unpacked with `dpkg-deb -x` (installing it would run
+ * initramfs-tools: slow, and envy brings its own initramfs). Its /boot and /lib/modules land in
+ * the image. `pinned` is the resolved package and version from env.lock.
+ */
+export interface KernelStep extends StepCommon {
+  kind: 'kernel';
+  arch: Arch;
+  package: string;
+  pinned?: { package: string; version: string };
 }
 
 export interface FilesStep extends StepCommon {
@@ -80,7 +94,7 @@ export interface UserStep extends StepCommon {
   shell: string;
 }
 
-export type Step = BaseStep | PackagesStep | FilesStep | RunStep | EnvStep | UserStep;
+export type Step = BaseStep | KernelStep | PackagesStep | FilesStep | RunStep | EnvStep | UserStep;
 
 export interface BuildPlan {
   /** Env name from env.yaml. */
@@ -107,6 +121,16 @@ export interface EnvLock {
   base: LockedBase;
   /** Per manager: each package as written in env.yaml -> resolved version, or null until a build resolves it. */
   packages: Record<'apt' | 'npm' | 'pip', Record<string, string | null>>;
+  /** The VM guest kernel package (backend: vm): as requested, and what it resolved to once built. */
+  kernel?: LockedKernel;
+}
+
+export interface LockedKernel {
+  /** The package the plan asks for (linux-image-amd64, or a pinned linux-image-VERSION-FLAVOUR). */
+  package: string;
+  /** The real kernel package and its version that build installed, e.g. linux-image-6.1.0-18-amd64 / 6.1.76-1. */
+  resolved?: string;
+  version?: string;
 }
 
 export type LockSection = 'files' | 'env' | 'setup' | 'user' | 'workdir';

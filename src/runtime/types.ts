@@ -65,6 +65,8 @@ export interface RuntimeStatus {
   /** Host pid of the environment's init, when running. */
   pid?: number;
   startedAt?: string;
+  /** The VM backend's guest: architecture, kernel release, and whether KVM or TCG runs it. */
+  vm?: { arch: string; kernel: string; accel: 'kvm' | 'tcg' };
 }
 
 export interface Runtime {

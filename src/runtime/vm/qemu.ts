@@ -1,0 +1,121 @@
+/**
+ * qemu's command line for an environment, and the choice between KVM and TCG.
+ *
+ * KVM is used only when it can work: the guest has the host's architecture, /dev/kvm opens
+ * read-write for this user, and it is not kvm_pvm (a software virtualiser some cloud hosts expose
+ * inside their VMs: /dev/kvm opens fine there, yet guests abort with "KVM internal error", and
+ * `accel=kvm:tcg` does not fall back since KVM "works"). A KVM boot that dies anyway is caught by
+ * the runtime, which marks KVM broken (vm/kvm-broken under the state dir) and boots with TCG.
+ */
+import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { hostArch } from '../../config/normalize.js';
+import type { Arch, PortSpec } from '../../config/types.js';
+import { stateDir } from '../../state/paths.js';
+
+export type Accel = 'kvm' | 'tcg';
+
+export interface AccelChoice {
+  accel: Accel;
+  /** Why not KVM, when TCG. */
+  reason?: string;
+}
+
+export function kvmBrokenMarker(): string {
+  return join(stateDir(), 'vm', 'kvm-broken');
+}
+
+export function chooseAccel(arch: Arch, env: NodeJS.ProcessEnv = process.env): AccelChoice {
+  const forced = env.ENVY_VM_ACCEL;
+  if (forced === 'tcg') return { accel: 'tcg', reason: 'ENVY_VM_ACCEL=tcg' };
+  if (arch !== hostArch()) return { accel: 'tcg', reason: `the guest is ${arch} on an ${hostArch()} host` };
+  if (existsSync('/sys/module/kvm_pvm')) return { accel: 'tcg', reason: '/dev/kvm is kvm_pvm (nested software virtualisation), under which guests crash' };
+  try {
+    accessSync('/dev/kvm', constants.R_OK | constants.W_OK);
+  } catch {
+    return {
+      accel: 'tcg',
+      reason: existsSync('/dev/kvm') ? '/dev/kvm is not read-write for this user (add yourself to the kvm group)' : 'there is no /dev/kvm (no hardware virtualisation)',
+    };
+  }
+  if (forced !== 'kvm' && existsSync(kvmBrokenMarker())) {
+    return { accel: 'tcg', reason: `a KVM boot failed before (${readFileSync(kvmBrokenMarker(), 'utf8').trim()}); remove ${kvmBrokenMarker()} to try again` };
+  }
+  return { accel: 'kvm' };
+}
+
+export interface QemuPlan {
+  arch: Arch;
+  accel: Accel;
+  kernel: string;
+  initrd: string;
+  disk: string;
+  /** Bytes. */
+  memory: number;
+  cpus: number;
+  hostname: string;
+  agentSocket: string;
+  qmpSocket: string;
+  serialLog: string;
+  pidFile: string;
+  ports: PortSpec[];
+  /** A virtio network card on qemu's user network (for `ports` and outbound traffic). */
+  network: boolean;
+}
+
+export function qemuBinary(arch: Arch): string {
+  return arch === 'aarch64' ? 'qemu-system-aarch64' : 'qemu-system-x86_64';
+}
+
+/** The kernel's command line: the serial console, panic → exit, and settings for envy-init. */
+export function kernelCommandLine(plan: Pick<QemuPlan, 'arch' | 'hostname'>): string {
+  const console = plan.arch === 'aarch64' ? 'ttyAMA0' : 'ttyS0';
+  // ENVY_HOSTNAME reaches init as an environment variable (the kernel passes on NAME=VALUE words it does not know).
+  return [`console=${console}`, 'panic=-1', 'quiet', 'loglevel=4', `ENVY_HOSTNAME=${plan.hostname.replace(/[^A-Za-z0-9.-]/g, '-').slice(0, 63)}`].join(' ');
+}
+
+export function qemuArgs(plan: QemuPlan): string[] {
+  const machine =
+    plan.arch === 'aarch64'
+      ? ['-machine', `virt,accel=${plan.accel}`, '-cpu', plan.accel === 'kvm' ? 'host' : 'cortex-a57']
+      : ['-machine', `q35,accel=${plan.accel}`, '-cpu', plan.accel === 'kvm' ? 'host' : 'max'];
+  // Only loopback: a forwarded port is never reachable from the network.
+  const forwards = plan.ports.map((p) => `,hostfwd=${p.protocol}:127.0.0.1:${p.host}-:${p.container}`).join('');
+  return [
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-no-reboot',
+    ...machine,
+    '-m',
+    `${Math.max(128, Math.floor(plan.memory / (1024 * 1024)))}M`,
+    '-smp',
+    String(plan.cpus),
+    '-kernel',
+    plan.kernel,
+    '-initrd',
+    plan.initrd,
+    '-append',
+    kernelCommandLine(plan),
+    '-chardev',
+    `file,id=console0,path=${plan.serialLog},append=on`,
+    '-serial',
+    'chardev:console0',
+    '-drive',
+    `file=${plan.disk},format=qcow2,if=none,id=disk0,cache=writeback,discard=unmap`,
+    '-device',
+    'virtio-blk-pci,drive=disk0',
+    '-device',
+    'virtio-serial-pci',
+    '-chardev',
+    `socket,id=agent0,path=${plan.agentSocket},server=on,wait=off`,
+    '-device',
+    'virtserialport,chardev=agent0,name=envy.0',
+    ...(plan.network ? ['-netdev', `user,id=net0${forwards}`, '-device', 'virtio-net-pci,netdev=net0'] : []),
+    '-qmp',
+    `unix:${plan.qmpSocket},server=on,wait=off`,
+    '-pidfile',
+    plan.pidFile,
+  ];
+}

@@ -1,0 +1,592 @@
+/**
+ * The VM runtime: an environment is a qemu process booting the image's own kernel on an ext4
+ * copy of the image (a per-environment qcow2 overlay over the cached disk, so down/up keeps the
+ * writable state and `down --rm` drops it), reached through the agent's virtio-serial port.
+ *
+ * qemu runs detached, like a namespace environment's init: it outlives the `envy up` that started
+ * it. Until the guest answers, the state file names that envy as the VM's owner; a VM whose owner
+ * died before it was ready (envy killed mid-boot) is killed by the next look at it, so an
+ * interrupted boot leaves no orphan. SIGINT/SIGTERM during the boot kill it at once.
+ */
+import { spawn } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { EnvyError } from '../../errors.js';
+import { run } from '../../exec.js';
+import type { ImageRecord, LayerStore } from '../../image/store.js';
+import { packageRoot } from '../../package-root.js';
+import type { Arch, PortSpec } from '../../config/types.js';
+import { writeFileAtomic } from '../../state/atomic.js';
+import { environmentPaths, listRecords } from '../../state/environments.js';
+import { acquireLock, processStartTime } from '../../state/lock.js';
+import { stateDir } from '../../state/paths.js';
+import type { EnvironmentConfig, Identity, ProcessSpec, Runtime, RuntimeStatus } from '../types.js';
+import { AgentClient, AgentErrnoError, execAttached } from './agent-client.js';
+import { isInitAlive } from '../namespace/state.js';
+import { buildInitramfs } from './initramfs.js';
+import { prepareVmImage, type VmImage } from './image.js';
+import { chooseAccel, kvmBrokenMarker, qemuArgs, qemuBinary, type Accel } from './qemu.js';
+import { commandLine, ShellChannel } from './shell-channel.js';
+import { requireProgram } from './tools.js';
+
+/** What booting needs beyond the EnvironmentConfig: the built image and the backend settings. */
+export interface VmBoot {
+  image: ImageRecord;
+  store: LayerStore;
+  identity: Identity;
+  arch: Arch;
+  /** Bytes. */
+  memory: number;
+  cpus: number;
+  ports: PortSpec[];
+}
+
+export interface VmRuntimeOptions {
+  /** Progress lines (preparing the disk, why TCG). Default: stderr. */
+  message?: (text: string) => void;
+  /** Where a process's output goes (default: this process's stdout and stderr; stdin is attached too). */
+  stdio?: { stdin: NodeJS.ReadableStream; stdout: NodeJS.WritableStream; stderr: NodeJS.WritableStream };
+}
+
+/** The state file of a running VM (run/vm.json). */
+export interface VmState {
+  pid: number;
+  startTime: string;
+  /** The envy that booted it, until the guest answered. */
+  owner?: { pid: number; startTime: string };
+  ready: boolean;
+  arch: Arch;
+  kernel: string;
+  accel: Accel;
+  imageKey: string;
+  startedAt: string;
+  agentSocket: string;
+  /** What answers on the port: envy-agent, or the fallback shell of envy-init (no agent built). */
+  channel: 'agent' | 'shell';
+}
+
+export interface VmPaths {
+  dir: string;
+  disk: string;
+  diskMeta: string;
+  state: string;
+  initrd: string;
+  agentSocket: string;
+  qmpSocket: string;
+  qemuPid: string;
+  qemuLog: string;
+  serialLog: string;
+  channelLock: string;
+  startLock: string;
+}
+
+export function vmPaths(id: string): VmPaths {
+  const env = environmentPaths(id);
+  const dir = join(env.root, 'vm');
+  return {
+    dir,
+    disk: join(dir, 'disk.qcow2'),
+    diskMeta: join(dir, 'disk.json'),
+    state: join(env.run, 'vm.json'),
+    initrd: join(env.run, 'initramfs.cpio'),
+    agentSocket: join(env.run, 'agent.sock'),
+    qmpSocket: join(env.run, 'qmp.sock'),
+    qemuPid: join(env.run, 'qemu.pid'),
+    qemuLog: join(env.logs, 'qemu.log'),
+    serialLog: join(env.logs, 'vm-console.log'),
+    channelLock: join(env.run, 'channel.lock'),
+    startLock: join(env.run, 'start.lock'),
+  };
+}
+
+/** Image keys the environments' VM disks are backed by. */
+export function vmBackingKeys(): Set<string> {
+  const keys = new Set<string>();
+  for (const record of listRecords()) {
+    try {
+      const meta = JSON.parse(readFileSync(vmPaths(record.id).diskMeta, 'utf8')) as { imageKey?: string };
+      if (meta.imageKey) keys.add(meta.imageKey);
+    } catch {
+      // no VM disk
+    }
+  }
+  return keys;
+}
+
+const BOOT_TIMEOUT_MS: Record<Accel, number> = { kvm: 60_000, tcg: 240_000 };
+const KILL_WAIT_MS = 5000;
+/** What qemu prints when /dev/kvm opens but cannot run the guest (nested or software KVM). */
+const KVM_FAILURE = /KVM internal error|failed to set MSR|kvm run failed/i;
+/** sun_path holds 108 bytes with the terminating NUL. */
+const MAX_SOCKET_PATH = 107;
+const POLL_MS = 50;
+
+function readState(id: string): VmState | undefined {
+  try {
+    return JSON.parse(readFileSync(vmPaths(id).state, 'utf8')) as VmState;
+  } catch {
+    return undefined;
+  }
+}
+
+/** This very process (pid reuse aside) and not a zombie: a qemu that exited under its spawning envy stays one until that envy exits. */
+function alive(pid: number, startTime: string): boolean {
+  return isInitAlive({ pid, startTime });
+}
+
+function signal(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ESRCH') throw error;
+  }
+}
+
+async function waitGone(pid: number, startTime: string, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (alive(pid, startTime)) {
+    if (Date.now() >= deadline) return false;
+    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+  }
+  return true;
+}
+
+async function kill(pid: number, startTime: string): Promise<void> {
+  signal(pid, 'SIGTERM');
+  if (!(await waitGone(pid, startTime, KILL_WAIT_MS))) {
+    signal(pid, 'SIGKILL');
+    await waitGone(pid, startTime, KILL_WAIT_MS);
+  }
+}
+
+function tail(path: string, lines = 15): string[] {
+  try {
+    return readFileSync(path, 'utf8').trimEnd().split('\n').slice(-lines);
+  } catch {
+    return [];
+  }
+}
+
+/** dist/envy-init-ARCH and, once built, dist/envy-agent-ARCH. */
+function guestBinaries(arch: Arch): { init: string; agent?: string } {
+  const dist = join(packageRoot(), 'dist');
+  const init = join(dist, `envy-init-${arch}`);
+  if (!existsSync(init)) {
+    throw new EnvyError('HOST', `${init} is missing: envy could not build the ${arch} VM init`, {
+      hint: arch === 'x86_64' ? 'install gcc and libc6-dev, then npm run build' : 'install gcc-aarch64-linux-gnu and libc6-dev-arm64-cross, then npm run build',
+    });
+  }
+  const agent = join(dist, `envy-agent-${arch}`);
+  return existsSync(agent) && process.env.ENVY_VM_NO_AGENT !== '1' ? { init, agent } : { init };
+}
+
+export class VmRuntime implements Runtime {
+  readonly backend = 'vm' as const;
+  private boot: VmBoot | undefined;
+
+  constructor(private readonly options: VmRuntimeOptions = {}) {}
+
+  /** The image and settings the next start() boots. */
+  useImage(boot: VmBoot): void {
+    this.boot = boot;
+  }
+
+  private message(text: string): void {
+    (this.options.message ?? ((line) => process.stderr.write(`envy: ${line}\n`)))(text);
+  }
+
+  async start(config: EnvironmentConfig): Promise<RuntimeStatus> {
+    const current = await this.status(config);
+    if (current.state === 'running') return current;
+    const paths = vmPaths(config.id);
+    mkdirSync(environmentPaths(config.id).run, { recursive: true });
+    mkdirSync(environmentPaths(config.id).logs, { recursive: true });
+    const lock = await acquireLock(paths.startLock, { purpose: `start VM ${config.id}`, timeoutMs: 10 * 60_000 });
+    try {
+      const again = await this.status(config);
+      if (again.state === 'running') return again;
+      const boot = this.boot;
+      if (!boot) throw new EnvyError('INTERNAL', `VM ${config.id}: start() without an image (useImage)`);
+      const image = await prepareVmImage(boot.image, boot.store, boot.identity, boot.arch, (text) => this.message(text));
+      await this.prepareDisk(config.id, image);
+      const binaries = guestBinaries(boot.arch);
+      writeFileSync(
+        paths.initrd,
+        buildInitramfs({
+          init: binaries.init,
+          ...(binaries.agent ? { agent: binaries.agent } : {}),
+          modules: image.modules,
+          // qemu user networking's fixed addresses; `network: none` gets no network card at all.
+          ...(config.network === 'none' ? {} : { net: { address: '10.0.2.15/24', gateway: '10.0.2.2' } }),
+        }),
+      );
+      let choice = chooseAccel(boot.arch);
+      this.explainAccel(choice.accel, choice.reason);
+      try {
+        return await this.bootOnce(config, boot, image, choice.accel, binaries.agent ? 'agent' : 'shell');
+      } catch (error) {
+        if (choice.accel !== 'kvm' || !(error instanceof BootFailure)) throw error;
+        // KVM opened but the guest died: remember it, say so once, and use TCG.
+        mkdirSync(join(stateDir(), 'vm'), { recursive: true });
+        writeFileAtomic(kvmBrokenMarker(), `${error.summary}\n`);
+        choice = { accel: 'tcg', reason: `a KVM boot failed (${error.summary})` };
+        this.explainAccel(choice.accel, choice.reason);
+        return await this.bootOnce(config, boot, image, 'tcg', binaries.agent ? 'agent' : 'shell');
+      }
+    } finally {
+      lock.release();
+    }
+  }
+
+  /** Why TCG, once per reason and state dir: it is slow, and the user should know it is not a bug. */
+  private explainAccel(accel: Accel, reason: string | undefined): void {
+    if (accel !== 'tcg' || !reason) return;
+    const noted = join(stateDir(), 'vm', 'accel-noted');
+    let previous = '';
+    try {
+      previous = readFileSync(noted, 'utf8');
+    } catch {
+      // first time
+    }
+    if (previous.trim() === reason) return;
+    this.message(`VMs run with TCG (software emulation, slower) because ${reason}`);
+    mkdirSync(join(stateDir(), 'vm'), { recursive: true });
+    writeFileAtomic(noted, `${reason}\n`);
+  }
+
+  /** The environment's disk: a qcow2 overlay over the image's cached ext4, recreated when the image changed. */
+  private async prepareDisk(id: string, image: VmImage): Promise<void> {
+    const paths = vmPaths(id);
+    mkdirSync(paths.dir, { recursive: true });
+    let previous: { imageKey?: string } = {};
+    try {
+      previous = JSON.parse(readFileSync(paths.diskMeta, 'utf8')) as { imageKey?: string };
+    } catch {
+      // no disk yet
+    }
+    if (existsSync(paths.disk) && previous.imageKey === image.key) return;
+    if (existsSync(paths.disk)) this.message(`the image changed (${previous.imageKey?.slice(0, 12) ?? '?'} -> ${image.key.slice(0, 12)}): the VM disk starts fresh`);
+    rmSync(paths.disk, { force: true });
+    await run(requireProgram('qemu-img'), ['create', '-q', '-f', 'qcow2', '-b', image.rootfs, '-F', 'raw', paths.disk, String(image.diskSize)], {
+      errorCode: 'RUNTIME',
+    });
+    writeFileAtomic(paths.diskMeta, `${JSON.stringify({ imageKey: image.key, backing: image.rootfs })}\n`);
+  }
+
+  private async bootOnce(config: EnvironmentConfig, boot: VmBoot, image: VmImage, accel: Accel, channel: VmState['channel']): Promise<RuntimeStatus> {
+    const paths = vmPaths(config.id);
+    for (const path of [paths.agentSocket, paths.qmpSocket, paths.qemuPid, paths.state]) rmSync(path, { force: true });
+    if (Buffer.byteLength(paths.qmpSocket) > MAX_SOCKET_PATH || Buffer.byteLength(paths.agentSocket) > MAX_SOCKET_PATH) {
+      throw new EnvyError('HOST', `the VM's socket path ${paths.agentSocket} is longer than a unix socket allows (${MAX_SOCKET_PATH} bytes)`, {
+        hint: 'use a shorter environment name, or point ENVY_HOME at a shorter directory',
+      });
+    }
+    const args = qemuArgs({
+      arch: boot.arch,
+      accel,
+      kernel: image.kernel,
+      initrd: paths.initrd,
+      disk: paths.disk,
+      memory: boot.memory,
+      cpus: boot.cpus,
+      hostname: config.hostname,
+      agentSocket: paths.agentSocket,
+      qmpSocket: paths.qmpSocket,
+      serialLog: paths.serialLog,
+      pidFile: paths.qemuPid,
+      ports: boot.ports,
+      network: config.network !== 'none',
+    });
+    writeFileSync(paths.serialLog, `--- envy: boot at ${new Date().toISOString()} (${accel}) ---\n`, { flag: 'a' });
+    const log = openSync(paths.qemuLog, 'w');
+    const started = Date.now();
+    const child = spawn(requireProgram(qemuBinary(boot.arch)), args, { detached: true, stdio: ['ignore', log, log] });
+    closeSync(log);
+    child.unref();
+    const pid = child.pid;
+    if (pid === undefined) throw new EnvyError('RUNTIME', `cannot start ${qemuBinary(boot.arch)}`, { details: tail(paths.qemuLog) });
+    let startTime = processStartTime(pid);
+    for (let i = 0; startTime === undefined && i < 20; i++) startTime = processStartTime(pid);
+    const self = { pid: process.pid, startTime: processStartTime(process.pid) ?? '' };
+    const state: VmState = {
+      pid,
+      startTime: startTime ?? '',
+      owner: self,
+      ready: false,
+      arch: boot.arch,
+      kernel: image.kernelVersion,
+      accel,
+      imageKey: image.key,
+      startedAt: new Date().toISOString(),
+      agentSocket: paths.agentSocket,
+      channel,
+    };
+    writeFileAtomic(paths.state, `${JSON.stringify(state)}\n`);
+    // Interrupted mid-boot: the VM goes with us (a SIGKILL is caught by the next status() instead).
+    const abort = () => {
+      signal(pid, 'SIGKILL');
+      process.exit(130);
+    };
+    process.once('SIGINT', abort);
+    process.once('SIGTERM', abort);
+    try {
+      await this.waitReady(config.id, pid, state.startTime, accel, channel);
+      // Copy first: the one provisioning exec then also hands the copies to the env user (an exec
+      // under TCG costs a few hundred ms).
+      const copied = channel === 'agent' ? await this.copyIn(config, state) : [];
+      await this.provision(config, state, copied);
+      state.ready = true;
+      delete state.owner;
+      writeFileAtomic(paths.state, `${JSON.stringify(state)}\n`);
+      this.lastBootMs = Date.now() - started;
+      return { state: 'running', pid, startedAt: state.startedAt, vm: { arch: state.arch, kernel: state.kernel, accel } };
+    } catch (error) {
+      signal(pid, 'SIGKILL');
+      await waitGone(pid, state.startTime, KILL_WAIT_MS);
+      rmSync(paths.state, { force: true });
+      throw error;
+    } finally {
+      process.removeListener('SIGINT', abort);
+      process.removeListener('SIGTERM', abort);
+    }
+  }
+
+  /**
+   * What the namespace runtime generates per run, written into the guest once per boot: the env
+   * user's passwd and group lines (the user step's own lines go to a generated file in the build
+   * namespace, so the image may lack them), hostname, hosts, and qemu's DNS forwarder.
+   */
+  private async provision(config: EnvironmentConfig, state: VmState, copied: string[]): Promise<void> {
+    const quote = (v: string): string => `'${v.replace(/'/g, `'\\''`)}'`;
+    const host = config.hostname.replace(/[^A-Za-z0-9.-]/g, '-').slice(0, 63);
+    const lines: string[] = [`echo ${quote(host)} > /etc/hostname`, `printf '127.0.0.1\\tlocalhost\\n::1\\tlocalhost ip6-localhost ip6-loopback\\n127.0.1.1\\t%s\\n' ${quote(host)} > /etc/hosts`];
+    if (config.network !== 'none') lines.push(`rm -f /etc/resolv.conf; echo 'nameserver 10.0.2.3' > /etc/resolv.conf`);
+    const user = config.user;
+    if (user) {
+      lines.push(
+        `grep -q ${quote(`^${user.name}:`)} /etc/group || grep -q ${quote(`^[^:]*:[^:]*:${user.gid}:`)} /etc/group || echo ${quote(`${user.name}:x:${user.gid}:`)} >> /etc/group`,
+        `grep -q ${quote(`^${user.name}:`)} /etc/passwd || grep -q ${quote(`^[^:]*:[^:]*:${user.uid}:`)} /etc/passwd || echo ${quote(`${user.name}:x:${user.uid}:${user.gid}:${user.name}:${user.home}:/bin/sh`)} >> /etc/passwd`,
+        `mkdir -p ${quote(user.home)} && chown ${user.uid}:${user.gid} ${quote(user.home)}`,
+        ...copied.map((target) => `chown -R ${user.uid}:${user.gid} ${quote(target)}`),
+      );
+    }
+    // Mount points of the namespace backend (the workspace among them) exist as directories, so a
+    // process can start in them; their contents reach a VM only through sync (docs/vm.md).
+    for (const mount of config.mounts) lines.push(`mkdir -p ${quote(mount.target)}`);
+    let output = '';
+    const code = await this.runCaptured(state, ['/bin/sh', '-c', lines.join('; ')], (text) => (output += text), 30_000);
+    if (code !== 0) throw new EnvyError('RUNTIME', `setting up the VM ${config.id} failed (exit ${code ?? 'timeout'})`, { details: output.trim().split('\n').slice(-10) });
+  }
+
+  /**
+   * The writable bind mounts (the workspace, volumes, binds from env.yaml) copied into the guest at
+   * boot: a one-shot, one-way sync over the agent (changed files only after the first boot); returns
+   * the guest paths, which provision() hands to the env user. Live two-way sync while the VM runs is not wired yet (docs/vm.md).
+   * Read-only binds (a host base's /usr) have no meaning in a VM with its own /usr and are skipped.
+   */
+  private async copyIn(config: EnvironmentConfig, state: VmState): Promise<string[]> {
+    const binds = config.mounts.filter((m) => m.type === 'bind' && m.source && !m.readonly);
+    if (binds.length === 0) return [];
+    const [{ SyncEngine }, { LocalTransport }, { AgentTransport }] = await Promise.all([
+      import('../../sync/engine.js'),
+      import('../../sync/local-transport.js'),
+      import('./agent-transport.js'),
+    ]);
+    const client = await AgentClient.connect(state.agentSocket, { timeoutMs: 10_000, retryMs: 20 });
+    try {
+      for (const mount of binds) {
+        const engine = new SyncEngine({ source: new LocalTransport(mount.source!), target: new AgentTransport(client, mount.target, config.id), direction: 'one-way', watch: false });
+        const errors: Error[] = [];
+        engine.on('error', (error: Error) => errors.push(error));
+        await engine.start();
+        await engine.stop();
+        if (errors[0]) throw new EnvyError('RUNTIME', `copying ${mount.source} into the VM at ${mount.target} failed: ${errors[0].message}`);
+      }
+    } finally {
+      client.close();
+    }
+    return binds.map((m) => m.target);
+  }
+
+  /** Run a command as root in the guest and collect its output (stdout and stderr together). */
+  private async runCaptured(state: VmState, argv: string[], onOutput: (text: string) => void, timeoutMs: number): Promise<number | undefined> {
+    if (state.channel === 'agent') {
+      const client = await AgentClient.connect(state.agentSocket, { timeoutMs: 10_000, retryMs: 20 });
+      try {
+        const exec = client.exec({ argv, env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' }, cwd: '/', uid: 0, gid: 0 });
+        exec.stdin.end();
+        exec.stdout.on('data', (chunk: Buffer) => onOutput(chunk.toString()));
+        exec.stderr.on('data', (chunk: Buffer) => onOutput(chunk.toString()));
+        let timer: NodeJS.Timeout | undefined;
+        const timeout = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), timeoutMs)));
+        try {
+          return await Promise.race([exec.exit, timeout]);
+        } finally {
+          clearTimeout(timer);
+        }
+      } finally {
+        client.close();
+      }
+    }
+    const channel = await ShellChannel.connect(state.agentSocket, 5000);
+    try {
+      return await channel.run(argv.map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' '), onOutput, timeoutMs);
+    } finally {
+      channel.close();
+    }
+  }
+
+  /** Milliseconds from spawning qemu to the guest's first answer, for the last boot. */
+  lastBootMs: number | undefined;
+
+  private async waitReady(id: string, pid: number, startTime: string, accel: Accel, channel: VmState['channel']): Promise<void> {
+    const paths = vmPaths(id);
+    const deadline = Date.now() + BOOT_TIMEOUT_MS[accel];
+    const died = (): BootFailure => {
+      const qemu = tail(paths.qemuLog);
+      const consoleLines = tail(paths.serialLog);
+      const summary = qemu.find((l) => KVM_FAILURE.test(l)) ?? qemu.at(-1) ?? consoleLines.at(-1) ?? 'qemu exited';
+      return new BootFailure(`the VM ${id} stopped while booting: ${summary}`, summary, [
+        ...qemu.map((l) => `qemu | ${l}`),
+        ...consoleLines.map((l) => `console | ${l}`),
+        `console log: ${paths.serialLog}`,
+      ]);
+    };
+    while (Date.now() < deadline) {
+      if (!alive(pid, startTime)) throw died();
+      // A KVM that fails this way stops the guest but leaves qemu running: do not wait for the deadline.
+      if (accel === 'kvm' && tail(paths.qemuLog).some((l) => KVM_FAILURE.test(l))) throw died();
+      if (existsSync(paths.agentSocket)) {
+        if (channel === 'agent') {
+          // Short knocks, so a qemu that died is noticed within seconds, not at the deadline.
+          try {
+            const client = await AgentClient.connect(paths.agentSocket, { timeoutMs: 2000 });
+            client.close();
+            return;
+          } catch {
+            // not booted yet
+          }
+          continue;
+        }
+        let shell: ShellChannel | undefined;
+        try {
+          shell = await ShellChannel.connect(paths.agentSocket, 2000);
+          // The shell is up once it answers; until then the line waits in the port's queue.
+          while (Date.now() < deadline && alive(pid, startTime)) {
+            const code = await shell.run('true', () => undefined, 1000);
+            if (code === 0) return;
+          }
+        } catch {
+          // qemu not listening yet
+        } finally {
+          shell?.close();
+        }
+      }
+      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+    }
+    if (!alive(pid, startTime)) throw died();
+    throw new EnvyError('RUNTIME', `the VM ${id} did not answer within ${BOOT_TIMEOUT_MS[accel] / 1000} s`, {
+      details: [...tail(paths.serialLog).map((l) => `console | ${l}`), `console log: ${paths.serialLog}`],
+    });
+  }
+
+  async exec(config: EnvironmentConfig, spec: ProcessSpec): Promise<number> {
+    const state = this.runningState(config.id);
+    if (!state) throw new EnvyError('RUNTIME', `environment ${config.id} is not running`, { hint: 'start it with `envy up`' });
+    const lock = await acquireLock(vmPaths(config.id).channelLock, { purpose: `exec in VM ${config.id}`, timeoutMs: 24 * 3600_000 });
+    try {
+      if (state.channel === 'agent') {
+        const client = await AgentClient.connect(state.agentSocket, { timeoutMs: 10_000, retryMs: 20 });
+        try {
+          const user = spec.root ? { uid: 0, gid: 0 } : { uid: spec.identity?.uid ?? config.user?.uid ?? 0, gid: spec.identity?.gid ?? config.user?.gid ?? 0 };
+          const stdio = this.options.stdio ?? process;
+          try {
+            return await execAttached(
+              client,
+              { argv: spec.argv, env: spec.env, cwd: spec.cwd, ...user, tty: spec.tty },
+              stdio as Parameters<typeof execAttached>[2],
+            );
+          } catch (error) {
+            // The process could not start: the same codes and one-line message as the namespace runtime.
+            if (!(error instanceof AgentErrnoError)) throw error;
+            stdio.stderr.write(`envy: ${error.message}\n`);
+            return error.code === 'ENOENT' && !/working directory/.test(error.message) ? 127 : 126;
+          }
+        } finally {
+          client.close();
+        }
+      }
+      const shell = await ShellChannel.connect(state.agentSocket, 5000);
+      try {
+        const out = this.options.stdio?.stdout ?? process.stdout;
+        const code = await shell.run(commandLine(spec), (text) => out.write(text));
+        if (code === undefined) throw new EnvyError('RUNTIME', `the VM ${config.id} closed the channel while ${spec.argv[0]} ran`);
+        return code;
+      } finally {
+        shell.close();
+      }
+    } finally {
+      lock.release();
+    }
+  }
+
+  runOnce(config: EnvironmentConfig): Promise<number> {
+    return Promise.reject(new EnvyError('INTERNAL', `VM ${config.id}: build steps run in the namespace runtime, not in a VM`));
+  }
+
+  async stop(config: EnvironmentConfig, graceMs: number): Promise<void> {
+    const state = readState(config.id);
+    const paths = vmPaths(config.id);
+    if (state && alive(state.pid, state.startTime)) {
+      // Clean first: init stops every process, remounts / read-only and powers off.
+      if (state.ready) {
+        try {
+          if (state.channel === 'agent') {
+            const client = await AgentClient.connect(state.agentSocket, { timeoutMs: 2000 });
+            await Promise.race([client.shutdown(), new Promise((resolve) => setTimeout(resolve, 2000))]);
+            client.close();
+          } else {
+            const shell = await ShellChannel.connect(state.agentSocket, 2000);
+            shell.requestPowerOff();
+            await new Promise((resolve) => setTimeout(resolve, 100));
+            shell.close();
+          }
+        } catch {
+          // the guest does not listen (or an exec holds the port): the kill below
+        }
+      }
+      if (!(await waitGone(state.pid, state.startTime, graceMs))) await kill(state.pid, state.startTime);
+      if (alive(state.pid, state.startTime)) throw new EnvyError('RUNTIME', `VM ${config.id} (qemu pid ${state.pid}) did not die after SIGKILL`);
+    }
+    for (const path of [paths.state, paths.agentSocket, paths.qmpSocket, paths.qemuPid]) rmSync(path, { force: true });
+  }
+
+  async status(config: EnvironmentConfig): Promise<RuntimeStatus> {
+    const state = readState(config.id);
+    if (!state || !alive(state.pid, state.startTime)) return { state: 'stopped' };
+    if (!state.ready && state.owner && !alive(state.owner.pid, state.owner.startTime)) {
+      // The envy that booted it died before the guest answered: nobody will use or stop this VM.
+      await kill(state.pid, state.startTime);
+      rmSync(vmPaths(config.id).state, { force: true });
+      return { state: 'stopped' };
+    }
+    // Still booting under a live envy: not usable yet (start() waits on the start lock for it).
+    if (!state.ready) return { state: 'stopped' };
+    return { state: 'running', pid: state.pid, startedAt: state.startedAt, vm: { arch: state.arch, kernel: state.kernel, accel: state.accel } };
+  }
+
+  private runningState(id: string): VmState | undefined {
+    const state = readState(id);
+    return state && state.ready && alive(state.pid, state.startTime) ? state : undefined;
+  }
+}
+
+class BootFailure extends EnvyError {
+  constructor(
+    message: string,
+    readonly summary: string,
+    details: string[],
+  ) {
+    super('RUNTIME', message, { details });
+  }
+}

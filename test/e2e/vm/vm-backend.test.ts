@@ -1,0 +1,147 @@
+/**
+ * backend: vm through the real CLI, as the unprivileged test user: envy up builds a Debian image
+ * with the plan's kernel step, makes its ext4 disk, boots it in qemu (TCG here: /dev/kvm on these
+ * machines is kvm_pvm, or absent) and talks to envy-agent over virtio-serial. The guest runs the
+ * image's kernel, not the host's.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { asUserArgv, collect, envy, envyRoot, runAsUser, userTempDir, type RunResult } from '../harness.js';
+
+let project: { path: string; remove: () => void };
+let home: { path: string; remove: () => void };
+
+const run = (args: string[], options: { timeoutMs?: number; input?: string } = {}): Promise<RunResult> =>
+  envy(args, { cwd: project.path, env: { ENVY_HOME: home.path, CI: 'true' }, timeoutMs: options.timeoutMs ?? 180_000, ...(options.input !== undefined ? { input: options.input } : {}) });
+
+function ok(result: RunResult): RunResult {
+  if (result.code !== 0) throw new Error(`exit ${result.code}\nstdout: ${result.stdout}\nstderr: ${result.stderr}`);
+  return result;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return !readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.startsWith('Z');
+  } catch {
+    return false;
+  }
+}
+
+interface StatusRow {
+  name: string;
+  state: string;
+  pid?: number;
+  vm?: { arch: string; kernel: string; accel: string };
+}
+
+async function status(): Promise<StatusRow | undefined> {
+  const rows = JSON.parse(ok(await run(['status', '--json'])).stdout) as { environments: StatusRow[] };
+  return rows.environments.find((r) => r.name === 'vmt');
+}
+
+describe('backend: vm (x86_64 guest under qemu)', () => {
+  beforeAll(async () => {
+    project = userTempDir('envy-vm-');
+    home = userTempDir('envy-vm-home-');
+    writeFileSync(
+      join(project.path, 'env.yaml'),
+      ['name: vmt', 'base:', '  debian: bookworm', 'backend:', '  type: vm', '  memory: 1g', '  cpus: 2', 'hooks:', '  onCreate: echo created > /var/tmp/hook', ''].join('\n'),
+    );
+    writeFileSync(join(project.path, 'hello.txt'), 'from the host\n');
+    // Bootstrap (~1.5 min), the kernel package (~70 MB), the disk, the first boot.
+    ok(await run(['up'], { timeoutMs: 600_000 }));
+  }, 620_000);
+
+  afterAll(async () => {
+    await run(['down', '--rm']).catch(() => undefined);
+    await runAsUser(join(envyRoot(), 'dist/envy-ns'), ['userns', '--', 'rm', '-rf', home.path]).catch(() => undefined);
+    home.remove();
+    project.remove();
+  });
+
+  test("the guest runs the image's kernel (from env.lock), not the host's", async () => {
+    const lock = readFileSync(join(project.path, 'env.lock'), 'utf8');
+    const resolved = /resolved: "linux-image-([^"]+)"/.exec(lock)?.[1];
+    expect(resolved).toMatch(/^\d+\.\d+\.\d+-\d+-amd64$/);
+    const guest = ok(await run(['exec', '--', 'uname', '-r'])).stdout.trim();
+    expect(guest).toBe(resolved);
+    expect(guest).not.toBe(execFileSync('uname', ['-r']).toString().trim());
+    expect(ok(await run(['exec', '--', 'uname', '-m'])).stdout.trim()).toBe('x86_64');
+    // The hook ran in the guest, on the guest's disk.
+    expect(ok(await run(['exec', '--', 'cat', '/var/tmp/hook'])).stdout).toBe('created\n');
+    // The workspace was copied in at boot and belongs to the env user.
+    expect(ok(await run(['exec', '--', 'cat', '/workspace/hello.txt'])).stdout).toBe('from the host\n');
+    const uid = execFileSync('stat', ['-c', '%u', project.path]).toString().trim();
+    expect(ok(await run(['exec', '--', 'stat', '-c', '%u', '/workspace/hello.txt'])).stdout.trim()).toBe(uid);
+    const row = await status();
+    expect(row?.state).toBe('running');
+    expect(row?.vm).toMatchObject({ arch: 'x86_64', kernel: resolved });
+    expect(alive(row!.pid!)).toBe(true);
+    expect(readFileSync(`/proc/${row!.pid}/cmdline`, 'utf8')).toContain('qemu-system-x86_64');
+  });
+
+  test('exec passes exit codes, signals, stdout/stderr, stdin and the user through', async () => {
+    expect((await run(['exec', '--', 'sh', '-c', 'exit 42'])).code).toBe(42);
+    expect((await run(['exec', '--', 'sh', '-c', 'kill -TERM $$'])).code).toBe(143);
+    const split = await run(['exec', '--', 'sh', '-c', 'echo out; echo err >&2']);
+    expect(split.stdout).toBe('out\n');
+    expect(split.stderr).toContain('err\n');
+    expect(ok(await run(['exec', '--', 'cat'], { input: 'through stdin\n' })).stdout).toBe('through stdin\n');
+    const uid = execFileSync('stat', ['-c', '%u', project.path]).toString().trim();
+    expect(ok(await run(['exec', '--', 'id', '-u'])).stdout.trim()).toBe(uid);
+    expect(ok(await run(['exec', '--root', '--', 'id', '-u'])).stdout.trim()).toBe('0');
+    expect((await run(['exec', '--', 'no-such-command-here'])).code).toBe(127);
+  });
+
+  test('a shell on a real terminal: pty of the local size, resize, keystrokes, exit status', async () => {
+    const script = 'tty; stty size; echo READY; read line; stty size; echo "got:$line"; exit 3';
+    const argv = [...asUserArgv({ ENVY_HOME: home.path, CI: 'true' }), process.execPath, join(envyRoot(), 'bin/envy.js'), 'exec', '--', 'sh', '-c', script];
+    const result = spawnSync('python3', [join(import.meta.dirname, 'pty-driver.py'), 'READY', 'typed\r', ...argv], { cwd: project.path, encoding: 'utf8', timeout: 90_000 });
+    const lines = result.stdout.split(/\r*\n/);
+    expect(result.status, result.stdout + result.stderr).toBe(3);
+    expect(lines[0]).toMatch(/^\/dev\/pts\/\d+$/);
+    expect(lines[1]).toBe('30 100');
+    expect(lines).toContain('50 132');
+    expect(lines).toContain('got:typed');
+  });
+
+  test('down keeps the disk, up resumes it; killing envy mid-boot leaves no qemu behind', async () => {
+    ok(await run(['exec', '--root', '--', 'sh', '-c', 'echo kept > /var/tmp/state']));
+    const before = (await status())!.pid!;
+    ok(await run(['down']));
+    expect(alive(before)).toBe(false);
+    expect((await status())?.state).toBe('stopped');
+
+    // SIGKILL envy while the VM boots: the next look at the environment kills the orphan.
+    const argv = [join(envyRoot(), 'bin/envy.js'), 'up'];
+    const pending = collect('sh', ['-c', `exec "$@"`, 'sh', ...asUserArgv({ ENVY_HOME: home.path, CI: 'true' }), process.execPath, ...argv], { cwd: project.path }, undefined, 180_000);
+    const stateFile = join(home.path, 'environments');
+    let qemuPid: number | undefined;
+    for (let i = 0; i < 600 && qemuPid === undefined; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      const dir = execFileSync('sh', ['-c', `ls -d ${stateFile}/vmt-*/run 2>/dev/null || true`]).toString().trim();
+      const file = dir ? join(dir, 'vm.json') : '';
+      if (file && existsSync(file)) qemuPid = (JSON.parse(readFileSync(file, 'utf8')) as { pid: number }).pid;
+    }
+    expect(qemuPid).toBeDefined();
+    const envyPid = execFileSync('sh', ['-c', `pgrep -u ${execFileSync('stat', ['-c', '%u', project.path]).toString().trim()} -f "bin/envy.js up" | head -n1`]).toString().trim();
+    execFileSync('kill', ['-KILL', envyPid]);
+    await pending;
+    expect((await status())?.state).toBe('stopped');
+    expect(alive(qemuPid!)).toBe(false);
+
+    writeFileSync(join(project.path, 'hello.txt'), 'edited while down\n');
+    ok(await run(['up']));
+    expect(ok(await run(['exec', '--', 'cat', '/var/tmp/state'])).stdout).toBe('kept\n');
+    expect(ok(await run(['exec', '--', 'cat', '/workspace/hello.txt'])).stdout).toBe('edited while down\n');
+    // onCreate ran once: the disk kept the environment across boots.
+    expect(ok(await run(['exec', '--', 'cat', '/var/tmp/hook'])).stdout).toBe('created\n');
+    const last = (await status())!.pid!;
+    ok(await run(['down', '--rm']));
+    expect(alive(last)).toBe(false);
+    expect(ok(await run(['status'])).stdout).not.toContain('vmt');
+  });
+});
