@@ -332,7 +332,19 @@ export class Executor {
       const pipes: Promise<void>[] = [];
       const runtime = new NamespaceRuntime({
         stdio: ['ignore', 'pipe', 'pipe'],
-        onSpawn: (run) => pipes.push(log.pipe(run.child.stdout), log.pipe(run.child.stderr)),
+        onSpawn: (run) => {
+          pipes.push(log.pipe(run.child.stdout), log.pipe(run.child.stderr));
+          // A terminal's Ctrl-C reaches the helper with us (same process group), but an interrupt may come
+          // from elsewhere (kill -INT of envy alone, a supervisor): hand it to the step explicitly too.
+          const signal = this.options.signal;
+          if (!signal) return;
+          const interrupt = (): void => void run.child.kill('SIGINT');
+          if (signal.aborted) interrupt();
+          else {
+            signal.addEventListener('abort', interrupt, { once: true });
+            run.child.once('close', () => signal.removeEventListener('abort', interrupt));
+          }
+        },
         warn: (line) => log.line(line.trimEnd()),
       });
       const code = await runtime.runOnce(config, process);

@@ -130,7 +130,9 @@ describe('robustness of envy up', () => {
     writeSpec('-2');
     const up = start(['up']);
     await waitFor('the slow build step', slowStep);
-    process.kill(-up.child.pid!, 'SIGINT');
+    // To envy alone, not its process group (the onCreate test below sends a terminal's group-wide Ctrl-C):
+    // envy must hand the interrupt to the running step itself.
+    process.kill(up.child.pid!, 'SIGINT');
     const result = await up.done;
     expect(result.code, result.stderr).toBe(130);
     expect(result.stderr).toMatch(/^envy: interrupted/m);
