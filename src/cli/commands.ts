@@ -131,7 +131,8 @@ export async function runCli(argv: string[], version: string): Promise<number> {
           .positional('service', { type: 'string', describe: 'The service (default: all, each line prefixed with its name)' })
           .option('follow', { type: 'boolean', default: false, describe: 'Keep printing new output (-f)' })
           .option('tail', { alias: 'n', type: 'number', describe: 'Only the last N lines' })
-          .option('hooks', { type: 'boolean', default: false, describe: 'The output of hooks.onCreate and hooks.postStart instead' }),
+          .option('hooks', { type: 'boolean', default: false, describe: 'The output of hooks.onCreate and hooks.postStart instead' })
+          .option('vm', { type: 'boolean', default: false, describe: "The VM's serial console (backend: vm) instead" }),
       async (args) => setExit(await (await import('./logs.js')).run(args)),
     )
     // The per-environment service supervisor that `envy up` starts; not for people.

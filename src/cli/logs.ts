@@ -1,19 +1,23 @@
 /**
- * `envy logs [SERVICE | --hooks] [-f] [-n N]`: the services' (or hooks') output, from the size-rotated files the
+ * `envy logs [SERVICE | --hooks | --vm] [-f] [-n N]`: the services' (or hooks', or the VM's serial console) output, from the size-rotated files the
  * supervisor writes. Without SERVICE, the combined log (every line prefixed with its service, in
  * arrival order). -f keeps following, across rotation, until Ctrl-C.
  */
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { LogFollower, logGenerations } from '../env/service-log.js';
 import { hooksLogPath, serviceLogPath, servicesPaths } from '../env/services.js';
 import { EnvyError } from '../errors.js';
-import { environmentId, readRecord } from '../state/environments.js';
+import { environmentId, environmentPaths, readRecord } from '../state/environments.js';
 import { loadProject } from './project.js';
 
-export async function run(args: { file?: string; service?: string; follow: boolean; tail?: number; hooks?: boolean }): Promise<number> {
+export async function run(args: { file?: string; service?: string; follow: boolean; tail?: number; hooks?: boolean; vm?: boolean }): Promise<number> {
   const project = await loadProject(args.file);
   const id = environmentId(project.source.dir, project.spec.name);
-  if (args.hooks && args.service !== undefined) throw new EnvyError('USAGE', 'envy logs: name a service or --hooks, not both');
+  if ([args.hooks, args.vm, args.service !== undefined].filter(Boolean).length > 1) throw new EnvyError('USAGE', 'envy logs: name one of a service, --hooks or --vm');
+  if (args.vm && project.spec.backend.type !== 'vm') {
+    throw new EnvyError('USAGE', `${project.source.file}: ${project.spec.name} runs on the namespace backend, which has no VM console`, { hint: 'backend: vm in env.yaml runs it in a VM' });
+  }
   if (args.service !== undefined && !project.spec.services.some((s) => s.name === args.service)) {
     const names = project.spec.services.map((s) => s.name);
     throw new EnvyError('USAGE', `${project.source.file}: there is no service "${args.service}"`, {
@@ -23,7 +27,7 @@ export async function run(args: { file?: string; service?: string; follow: boole
   if (!readRecord(id)) {
     throw new EnvyError('USAGE', `${project.spec.name} has not been brought up yet, so there are no logs`, { hint: 'envy up starts it' });
   }
-  const path = args.hooks ? hooksLogPath(id) : args.service !== undefined ? serviceLogPath(id, args.service) : servicesPaths(id).combined;
+  const path = args.vm ? join(environmentPaths(id).logs, 'vm-console.log') : args.hooks ? hooksLogPath(id) : args.service !== undefined ? serviceLogPath(id, args.service) : servicesPaths(id).combined;
   // The rotated files, then the live one through the follower, so nothing written meanwhile is lost or doubled.
   const rotated = logGenerations(path).filter((file) => file !== path);
   const follower = new LogFollower(path, false);

@@ -345,9 +345,8 @@ function normalizeBackend(backend: unknown, arch: Arch, report: Report): Backend
     cpus: (raw.cpus as number | undefined) ?? DEFAULTS.vmCpus,
   };
   if (raw.kernel !== undefined) {
-    const kernel = raw.kernel as string;
-    // A version names a Debian package; anything with a slash is a file in the project.
-    out.kernel = kernel.includes('/') ? projectPath(kernel, ['backend', 'kernel'], report) : kernel;
+    // A version naming a Debian package (the schema's pattern); kernel files are not supported yet.
+    out.kernel = raw.kernel as string;
   }
   return out;
 }

@@ -81,6 +81,8 @@ describe('backend: vm (x86_64 guest under qemu)', () => {
     expect(row?.vm).toMatchObject({ arch: 'x86_64', kernel: resolved });
     expect(alive(row!.pid!)).toBe(true);
     expect(readFileSync(`/proc/${row!.pid}/cmdline`, 'utf8')).toContain('qemu-system-x86_64');
+    // The serial console: envy-init reports what it loaded and mounted.
+    expect(ok(await run(['logs', '--vm'])).stdout).toMatch(/\d+ modules loaded and \S+ mounted in \d+ ms/);
   });
 
   test('exec passes exit codes, signals, stdout/stderr, stdin and the user through', async () => {

@@ -35,6 +35,16 @@ describe('envy CLI basics', () => {
     expect(r.stderr).toContain('hint:');
   });
 
+  test('logs --vm of a namespace environment, or with a service too, is a one-line usage error', () => {
+    writeFileSync(join(dir, 'env.yaml'), 'name: nsenv\nbase: {host: true}\nservices: {web: "sleep 1"}\n');
+    const vm = envy(['logs', '--vm'], dir);
+    expect(vm.code).toBe(2);
+    expect(vm.stderr).toMatch(/^envy: .*env\.yaml: nsenv runs on the namespace backend, which has no VM console$/m);
+    const both = envy(['logs', 'web', '--vm'], dir);
+    expect(both.code).toBe(2);
+    expect(both.stderr).toMatch(/^envy: envy logs: name one of a service, --hooks or --vm$/m);
+  });
+
   test('an unknown command or option is a usage error (exit 2), never a stack trace', () => {
     for (const args of [['frobnicate'], ['plan', '--no-such-flag'], ['plan', '--json', '--dockerfile']]) {
       const r = envy(args, dir);
