@@ -75,14 +75,10 @@ export async function tryFastExec(args: FastExecArgs): Promise<number | undefine
   const record = currentRecord(args.file);
   if (!record?.exec) return undefined;
   const { identity, workdir, env, resources } = record.exec;
-  // A VM takes the full path (the VM runtime stays out of this bundle; a guest exec costs far more anyway).
-  if (record.backend === 'vm') return undefined;
-  const runtime = new NamespaceRuntime();
   const config = { id: record.id, hostname: record.name, rootfs: { layers: [] }, mounts: [], network: 'host' as const, user: identity, resources };
-  if ((await runtime.status(config)).state !== 'running') return undefined;
   const base = args.root ? { ...env, HOME: '/root', USER: 'root', LOGNAME: 'root' } : env;
   const term: Record<string, string> = process.env.TERM ? { TERM: process.env.TERM } : {};
-  return runtime.exec(config, {
+  const spec = {
     argv: args.argv,
     env: { ...base, ...term, ...args.env },
     cwd: args.workdir ?? workdir,
@@ -90,7 +86,16 @@ export async function tryFastExec(args: FastExecArgs): Promise<number | undefine
     identity,
     // process.stdin would build a stream (~4 ms): ask the fds.
     tty: isatty(0) && isatty(1),
-  });
+  };
+  if (record.backend === 'vm') {
+    // Only the channel and the agent client: qemu, disks and the initramfs stay out of this path.
+    const { execInVm, runningVmState } = await import('../runtime/vm/channel.js');
+    const state = runningVmState(record.id);
+    return state ? execInVm(config, state, spec, process) : undefined;
+  }
+  const runtime = new NamespaceRuntime();
+  if ((await runtime.status(config)).state !== 'running') return undefined;
+  return runtime.exec(config, spec);
 }
 
 /** bin/envy.js's entry: the exit code, or undefined to hand over to the full CLI. */

@@ -21,13 +21,15 @@ import { environmentPaths, listRecords } from '../../state/environments.js';
 import { acquireLock, processStartTime } from '../../state/lock.js';
 import { stateDir } from '../../state/paths.js';
 import type { EnvironmentConfig, Identity, ProcessSpec, Runtime, RuntimeStatus } from '../types.js';
-import { AgentClient, AgentErrnoError, execAttached } from './agent-client.js';
-import { isInitAlive } from '../namespace/state.js';
+import { AgentClient } from './agent-client.js';
+import { alive, execInVm, readState, vmPaths, type VmState } from './channel.js';
+import { ShellChannel } from './shell-channel.js';
 import { buildInitramfs } from './initramfs.js';
 import { prepareVmImage, type VmImage } from './image.js';
 import { chooseAccel, kvmBrokenMarker, qemuArgs, qemuBinary, type Accel } from './qemu.js';
-import { commandLine, ShellChannel } from './shell-channel.js';
 import { requireProgram } from './tools.js';
+
+export { vmPaths, type VmPaths, type VmState } from './channel.js';
 
 /** What booting needs beyond the EnvironmentConfig: the built image and the backend settings. */
 export interface VmBoot {
@@ -46,57 +48,6 @@ export interface VmRuntimeOptions {
   message?: (text: string) => void;
   /** Where a process's output goes (default: this process's stdout and stderr; stdin is attached too). */
   stdio?: { stdin: NodeJS.ReadableStream; stdout: NodeJS.WritableStream; stderr: NodeJS.WritableStream };
-}
-
-/** The state file of a running VM (run/vm.json). */
-export interface VmState {
-  pid: number;
-  startTime: string;
-  /** The envy that booted it, until the guest answered. */
-  owner?: { pid: number; startTime: string };
-  ready: boolean;
-  arch: Arch;
-  kernel: string;
-  accel: Accel;
-  imageKey: string;
-  startedAt: string;
-  agentSocket: string;
-  /** What answers on the port: envy-agent, or the fallback shell of envy-init (no agent built). */
-  channel: 'agent' | 'shell';
-}
-
-export interface VmPaths {
-  dir: string;
-  disk: string;
-  diskMeta: string;
-  state: string;
-  initrd: string;
-  agentSocket: string;
-  qmpSocket: string;
-  qemuPid: string;
-  qemuLog: string;
-  serialLog: string;
-  channelLock: string;
-  startLock: string;
-}
-
-export function vmPaths(id: string): VmPaths {
-  const env = environmentPaths(id);
-  const dir = join(env.root, 'vm');
-  return {
-    dir,
-    disk: join(dir, 'disk.qcow2'),
-    diskMeta: join(dir, 'disk.json'),
-    state: join(env.run, 'vm.json'),
-    initrd: join(env.run, 'initramfs.cpio'),
-    agentSocket: join(env.run, 'agent.sock'),
-    qmpSocket: join(env.run, 'qmp.sock'),
-    qemuPid: join(env.run, 'qemu.pid'),
-    qemuLog: join(env.logs, 'qemu.log'),
-    serialLog: join(env.logs, 'vm-console.log'),
-    channelLock: join(env.run, 'channel.lock'),
-    startLock: join(env.run, 'start.lock'),
-  };
 }
 
 /** Image keys the environments' VM disks are backed by. */
@@ -120,19 +71,6 @@ const KVM_FAILURE = /KVM internal error|failed to set MSR|kvm run failed/i;
 /** sun_path holds 108 bytes with the terminating NUL. */
 const MAX_SOCKET_PATH = 107;
 const POLL_MS = 50;
-
-function readState(id: string): VmState | undefined {
-  try {
-    return JSON.parse(readFileSync(vmPaths(id).state, 'utf8')) as VmState;
-  } catch {
-    return undefined;
-  }
-}
-
-/** This very process (pid reuse aside) and not a zombie: a qemu that exited under its spawning envy stays one until that envy exits. */
-function alive(pid: number, startTime: string): boolean {
-  return isInitAlive({ pid, startTime });
-}
 
 function signal(pid: number, sig: NodeJS.Signals): void {
   try {
@@ -493,41 +431,7 @@ export class VmRuntime implements Runtime {
   async exec(config: EnvironmentConfig, spec: ProcessSpec): Promise<number> {
     const state = this.runningState(config.id);
     if (!state) throw new EnvyError('RUNTIME', `environment ${config.id} is not running`, { hint: 'start it with `envy up`' });
-    const lock = await acquireLock(vmPaths(config.id).channelLock, { purpose: `exec in VM ${config.id}`, timeoutMs: 24 * 3600_000 });
-    try {
-      if (state.channel === 'agent') {
-        const client = await AgentClient.connect(state.agentSocket, { timeoutMs: 10_000, retryMs: 20 });
-        try {
-          const user = spec.root ? { uid: 0, gid: 0 } : { uid: spec.identity?.uid ?? config.user?.uid ?? 0, gid: spec.identity?.gid ?? config.user?.gid ?? 0 };
-          const stdio = this.options.stdio ?? process;
-          try {
-            return await execAttached(
-              client,
-              { argv: spec.argv, env: spec.env, cwd: spec.cwd, ...user, tty: spec.tty },
-              stdio as Parameters<typeof execAttached>[2],
-            );
-          } catch (error) {
-            // The process could not start: the same codes and one-line message as the namespace runtime.
-            if (!(error instanceof AgentErrnoError)) throw error;
-            stdio.stderr.write(`envy: ${error.message}\n`);
-            return error.code === 'ENOENT' && !/working directory/.test(error.message) ? 127 : 126;
-          }
-        } finally {
-          client.close();
-        }
-      }
-      const shell = await ShellChannel.connect(state.agentSocket, 5000);
-      try {
-        const out = this.options.stdio?.stdout ?? process.stdout;
-        const code = await shell.run(commandLine(spec), (text) => out.write(text));
-        if (code === undefined) throw new EnvyError('RUNTIME', `the VM ${config.id} closed the channel while ${spec.argv[0]} ran`);
-        return code;
-      } finally {
-        shell.close();
-      }
-    } finally {
-      lock.release();
-    }
+    return execInVm(config, state, spec, this.options.stdio ?? process);
   }
 
   runOnce(config: EnvironmentConfig): Promise<number> {
