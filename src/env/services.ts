@@ -21,7 +21,7 @@ import { EnvyError } from '../errors.js';
 import { packageRoot } from '../package-root.js';
 import { writeFileAtomic } from '../state/atomic.js';
 import { environmentPaths } from '../state/environments.js';
-import { isAlive, type LockOwner } from '../state/lock.js';
+import { isAlive, terminateOwner, type LockOwner } from '../state/lock.js';
 
 export type ServiceState =
   /** Its process runs; its readiness check has not passed yet. */
@@ -223,24 +223,8 @@ export async function stopServices(id: string): Promise<void> {
   if (!owner) return;
   const request = readServicesRequest(id);
   const bound = (request?.services ?? []).reduce((sum, s) => sum + s.stopGrace + 1_000, 0) + 5_000;
-  try {
-    process.kill(owner.pid, 'SIGTERM');
-  } catch {
-    return;
-  }
-  const deadline = Date.now() + bound;
-  while (isAlive(owner)) {
-    if (Date.now() > deadline) {
-      // Its services die with the environment, which the caller stops next.
-      try {
-        process.kill(owner.pid, 'SIGKILL');
-      } catch {
-        // gone meanwhile
-      }
-      break;
-    }
-    await sleep(20);
-  }
+  // After the bound it is SIGKILLed; its services die with the environment, which the caller stops next.
+  await terminateOwner(owner, bound);
 }
 
 function sleep(ms: number): Promise<void> {

@@ -20,7 +20,7 @@ import { EnvyError, ExitCode } from '../errors.js';
 import { packageRoot } from '../package-root.js';
 import { writeFileAtomic } from '../state/atomic.js';
 import { environmentPaths, readRecord, type EnvironmentRecord } from '../state/environments.js';
-import { acquireLock, isAlive, type LockOwner } from '../state/lock.js';
+import { acquireLock, isAlive, terminateOwner, type LockOwner } from '../state/lock.js';
 import type { SyncStatus } from '../sync/engine.js';
 
 export interface WorkspaceSyncPaths {
@@ -145,24 +145,7 @@ export async function flushWorkspaceSync(id: string, options: { timeoutMs?: numb
 /** Stop the sync process (SIGTERM, then SIGKILL after `graceMs`). */
 export async function stopWorkspaceSync(id: string, graceMs = 5_000): Promise<void> {
   const owner = readOwner(id);
-  if (!owner) return;
-  try {
-    process.kill(owner.pid, 'SIGTERM');
-  } catch {
-    return;
-  }
-  const deadline = Date.now() + graceMs;
-  while (isAlive(owner)) {
-    if (Date.now() > deadline) {
-      try {
-        process.kill(owner.pid, 'SIGKILL');
-      } catch {
-        // gone meanwhile
-      }
-      break;
-    }
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
+  if (owner) await terminateOwner(owner, graceMs);
 }
 
 /**

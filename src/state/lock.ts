@@ -31,6 +31,27 @@ export function isAlive(owner: Pick<LockOwner, 'pid' | 'startTime'>): boolean {
   return processStartTime(owner.pid) === owner.startTime;
 }
 
+/** SIGTERM a lock's owner, wait up to `graceMs` for it to go, then SIGKILL it. */
+export async function terminateOwner(owner: Pick<LockOwner, 'pid' | 'startTime'>, graceMs: number): Promise<void> {
+  try {
+    process.kill(owner.pid, 'SIGTERM');
+  } catch {
+    return;
+  }
+  const deadline = Date.now() + graceMs;
+  while (isAlive(owner)) {
+    if (Date.now() > deadline) {
+      try {
+        process.kill(owner.pid, 'SIGKILL');
+      } catch {
+        // gone meanwhile
+      }
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
 function readOwner(path: string): LockOwner | undefined {
   try {
     const owner = JSON.parse(readFileSync(path, 'utf8')) as LockOwner;

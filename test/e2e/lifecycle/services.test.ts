@@ -10,7 +10,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { asUserArgv, envy, envyRoot, runAsUser, userTempDir, type RunResult } from '../harness.js';
+import { alive, asUserArgv, envy, envyRoot, runAsUser, type RunResult, userTempDir, waitFor } from '../harness.js';
 
 let project: { path: string; remove: () => void };
 let home: { path: string; remove: () => void };
@@ -35,23 +35,6 @@ async function services(): Promise<Map<string, Service>> {
   const status = JSON.parse(ok(await run(['status', '--json'])).stdout) as { environments: { name: string; services: Service[]; supervisor: string }[] };
   const environment = status.environments.find((e) => e.name === 'svc');
   return new Map((environment?.services ?? []).map((s) => [s.name, s]));
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-async function waitFor(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
 }
 
 const writeSpec = (text: string): Promise<RunResult> => runAsUser('sh', ['-c', 'cat > "$1"', 'sh', join(project.path, 'env.yaml')], { input: text });

@@ -7,7 +7,7 @@
 import { readFileSync, writeFileSync, existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { envy, envyRoot, runAsUser, userTempDir, type RunResult } from '../harness.js';
+import { alive, envy, envyRoot, runAsUser, type RunResult, userTempDir, waitFor } from '../harness.js';
 
 let project: { path: string; remove: () => void };
 let home: { path: string; remove: () => void };
@@ -22,23 +22,6 @@ function ok(result: RunResult): RunResult {
 
 async function syncState(): Promise<{ running: boolean; pid?: number; state?: string; pending?: number }> {
   return JSON.parse((await run(['sync', '--json'])).stdout) as { running: boolean; pid?: number };
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-async function waitFor(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
 }
 
 describe('workspace.sync: watch', () => {
