@@ -1,6 +1,8 @@
 /** `envy build`: build the image env.yaml describes (cached steps cost nothing) and update env.lock. */
-import { buildProject } from '../env/build.js';
-import { loadProject } from './project.js';
+import { HOST_BASE_LABEL } from '../build/executor.js';
+import { buildProject, type ProjectBuild } from '../env/build.js';
+import { EnvyError } from '../errors.js';
+import { loadProject, type Project } from './project.js';
 import { createReporter, type ProgressMode } from './ui/reporter.js';
 
 interface BuildArgs {
@@ -24,4 +26,22 @@ export async function run(args: BuildArgs): Promise<number> {
     await reporter.close();
   }
   return 0;
+}
+
+/**
+ * Build for a command that ships the image outside envy (export, devcontainer): such an image must
+ * carry its own /usr, so a host base is refused with `why` (what the command would have made of it).
+ */
+export async function buildSelfContainedImage(project: Project, args: { quiet: boolean; progress: ProgressMode }, why: string, hint: string): Promise<ProjectBuild> {
+  const reporter = await createReporter({ mode: args.quiet ? 'quiet' : args.progress });
+  let build: ProjectBuild;
+  try {
+    build = await buildProject(project, { frozen: false, reporter });
+  } finally {
+    await reporter.close();
+  }
+  if (build.image.config.labels?.[HOST_BASE_LABEL]) {
+    throw new EnvyError('USAGE', `${project.spec.name} is based on the host's /usr (base: {host: true}), ${why}`, { hint });
+  }
+  return build;
 }

@@ -5,15 +5,14 @@
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join, relative } from 'node:path';
-import { HOST_BASE_LABEL } from '../build/executor.js';
 import { exportInUserNamespace } from '../build/userns.js';
 import { resolveBindSource } from '../config/normalize.js';
-import { buildProject } from '../env/build.js';
 import { ARCHIVE_NAME, devcontainerJson, imageReference, renderDevcontainer } from '../env/devcontainer.js';
 import { EnvyError } from '../errors.js';
 import { writeFileAtomic } from '../state/atomic.js';
 import { loadProject } from './project.js';
-import { createReporter, type ProgressMode } from './ui/reporter.js';
+import { buildSelfContainedImage } from './build.js';
+import type { ProgressMode } from './ui/reporter.js';
 
 interface DevcontainerArgs {
   file?: string;
@@ -32,18 +31,12 @@ export async function run(args: DevcontainerArgs): Promise<number> {
   if (existsSync(target) && !args.force) {
     throw new EnvyError('USAGE', `${shown} exists; envy devcontainer does not overwrite it`, { hint: 'pass --force to replace it' });
   }
-  const reporter = await createReporter({ mode: args.quiet ? 'quiet' : args.progress });
-  let build;
-  try {
-    build = await buildProject(project, { frozen: false, reporter });
-  } finally {
-    await reporter.close();
-  }
-  if (build.image.config.labels?.[HOST_BASE_LABEL]) {
-    throw new EnvyError('USAGE', `${project.spec.name} is based on the host's /usr (base: {host: true}), which a container image cannot carry`, {
-      hint: 'a Dev Container needs a self-contained base: debian, image or oci (envy ssh-config attaches editors to any environment)',
-    });
-  }
+  const build = await buildSelfContainedImage(
+    project,
+    args,
+    'which a container image cannot carry',
+    'a Dev Container needs a self-contained base: debian, image or oci (envy ssh-config attaches editors to any environment)',
+  );
   const json = devcontainerJson({
     spec: project.spec,
     imageKey: build.image.key,
