@@ -25,6 +25,7 @@ import type { BaseStep, BuildPlan, FilesStep, KernelStep, PackagesStep, RunStep,
 import { NamespaceRuntime } from '../runtime/namespace/runtime.js';
 import type { EnvironmentConfig, Identity, MountRequest, ProcessSpec } from '../runtime/types.js';
 import { cacheDir } from '../state/paths.js';
+import { buildPassthroughEnv } from './host-env.js';
 import { ownByRootInUserNamespace, removeInUserNamespace, snapshotInUserNamespace, unpackInUserNamespace } from './userns.js';
 
 export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -324,7 +325,8 @@ export class Executor {
         user: identity,
         resources: {},
       };
-      const env: Record<string, string> = { ...envFromList(parent.config.env), ...(how.env ?? {}) };
+      // What the image and the step set wins over the host's proxy and index settings.
+      const env: Record<string, string> = { ...buildPassthroughEnv(), ...envFromList(parent.config.env), ...(how.env ?? {}) };
       env.PATH ??= DEFAULT_PATH;
       env.HOME ??= how.root ? '/root' : identity.home;
       if (this.epoch !== undefined) env.SOURCE_DATE_EPOCH = String(this.epoch);
