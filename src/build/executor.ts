@@ -319,7 +319,8 @@ export class Executor {
       const config: EnvironmentConfig = {
         id: `build-${step.key.slice(0, 12)}`,
         hostname: spec.name,
-        rootfs: { layers: parent.layers.map((l) => store.layerRoot(l.diffId)).reverse(), upper, work },
+        // Lowest first, as RootfsSpec says: envy-ns puts the last one on top of the overlay.
+        rootfs: { layers: parent.layers.map((l) => store.layerRoot(l.diffId)), upper, work },
         mounts,
         network: 'host',
         user: identity,

@@ -89,7 +89,8 @@ export function environmentConfig(id: string, spec: EnvSpec, projectDir: string,
   return {
     id,
     hostname: spec.name,
-    rootfs: { layers: image.layers.map((l) => store.layerRoot(l.diffId)).reverse(), upper: paths.upper, work: paths.work },
+    // Lowest first, as RootfsSpec says: envy-ns puts the last one on top of the overlay.
+    rootfs: { layers: image.layers.map((l) => store.layerRoot(l.diffId)), upper: paths.upper, work: paths.work },
     mounts,
     network: spec.network,
     user: identity,
