@@ -8,6 +8,7 @@ import { tmpdir, userInfo } from 'node:os';
 import { delimiter, dirname, join } from 'node:path';
 import { tryRun } from '../exec.js';
 import { packageRoot } from '../package-root.js';
+import { detectCgroupDelegation, rlimitFallback } from '../runtime/namespace/limits.js';
 import { stateDir } from '../state/paths.js';
 
 export type Severity = 'required' | 'recommended' | 'optional';
@@ -223,22 +224,16 @@ function checkKvm(): CheckResult {
 
 function checkCgroups(): CheckResult {
   const base = { id: 'cgroups', title: 'resource limits', severity: 'optional' as const };
-  const v2 = existsSync('/sys/fs/cgroup/cgroup.controllers');
-  const own = (readProc('/proc/self/cgroup') ?? '').split('\n').find((l) => l.startsWith('0::'))?.slice(3);
-  if (v2 && own !== undefined) {
-    try {
-      accessSync(join('/sys/fs/cgroup', own), constants.W_OK);
-      return { ...base, ok: true, detail: `cgroup v2 delegated (${own}): memory, pids and cpu limits apply` };
-    } catch {
-      // fall through
-    }
-  }
-  if (findInPath('systemd-run') && existsSync('/run/systemd/system')) return { ...base, ok: true, detail: 'cgroup limits through systemd-run --user --scope' };
+  // The runtime's own detection, so doctor says exactly what `resources` will get.
+  const support = detectCgroupDelegation();
+  if (support.kind === 'delegated') return { ...base, ok: true, detail: `cgroup v2 delegated (${support.dir}): memory, pids and cpus limits apply` };
   return {
     ...base,
     ok: false,
-    detail: v2 ? 'cgroup v2 is not delegated to this user: only rlimits apply (memory and pids approximate, no cpu limit)' : 'no unified cgroup v2 hierarchy: only rlimits apply (memory and pids approximate, no cpu limit)',
-    fix: 'boot with systemd.unified_cgroup_hierarchy=1 and a systemd user session (delegation is then automatic)',
+    detail: `${support.reason}: resources fall back to rlimits: ${rlimitFallback({ memory: 1, pids: 1, cpus: 1 })}`,
+    fix: existsSync('/sys/fs/cgroup/cgroup.controllers')
+      ? 'run envy in a cgroup v2 group of your own with the memory and pids controllers enabled for its children (cgroup.subtree_control)'
+      : 'boot with systemd.unified_cgroup_hierarchy=1 and a systemd user session, then run envy in a delegated group',
   };
 }
 

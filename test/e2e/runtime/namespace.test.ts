@@ -240,7 +240,7 @@ describe('filesystem and hardening', () => {
     const config = baseConfig(ws, { resources: { pids: 40, memory: 256 << 20 } });
     const r = await drive(ws, 'runOnce', { config, process: shell('ulimit -u; ulimit -d') });
     expect(r.stdout.trim().split('\n')).toEqual(['40', String(256 * 1024)]);
-    expect(r.stderr).toMatch(/warning: cgroup limits are unavailable/);
+    expect(r.stderr).toMatch(/^envy: warning: cgroup limits are unavailable \(.+\): memory is approximated with RLIMIT_DATA per process, pids with RLIMIT_NPROC$/m);
   });
 });
 
