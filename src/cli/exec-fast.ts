@@ -98,7 +98,7 @@ export async function tryFastExec(args: FastExecArgs, { replace = false } = {}):
     return state ? execInVm(config, state, spec, process) : undefined;
   }
   const runtime = new NamespaceRuntime();
-  if ((await runtime.status(config)).state !== 'running') return undefined;
+  if (!runtime.isRunning(config)) return undefined;
   // This returns only when the process cannot be replaced here (no addon): then spawn.
   if (replace) runtime.execReplacingProcess(config, spec);
   return runtime.exec(config, spec);

@@ -112,6 +112,11 @@ export class NamespaceRuntime implements Runtime {
     forgetInit(config.id);
   }
 
+  /** Whether the environment's init runs: status() without the start time (which reads /proc/stat). */
+  isRunning(config: EnvironmentConfig): boolean {
+    return runningInit(config.id) !== undefined;
+  }
+
   async status(config: EnvironmentConfig): Promise<RuntimeStatus> {
     const init = runningInit(config.id);
     return init ? this.runningStatus(init) : { state: 'stopped' };
