@@ -222,6 +222,19 @@ function checkKvm(): CheckResult {
   }
 }
 
+function checkExecAddon(): CheckResult {
+  const base = { id: 'exec-addon', title: 'envy-node addon (fast exec)', severity: 'optional' as const };
+  const helper = process.env.ENVY_NS_HELPER ?? join(packageRoot(), 'dist', 'envy-ns');
+  const path = join(dirname(helper), 'envy-node.node');
+  if (existsSync(path)) return { ...base, ok: true, detail: `${path}: envy exec becomes the helper instead of spawning it` };
+  return {
+    ...base,
+    ok: false,
+    detail: `${path} is missing (built from native/envy-node.c only where Node's headers were found): envy exec spawns the helper, ~10 ms slower`,
+    fix: `install Node's headers (official Node builds and Debian's nodejs ship include/node/node_api.h), then (cd ${packageRoot()} && npm run build)`,
+  };
+}
+
 function checkCgroups(): CheckResult {
   const base = { id: 'cgroups', title: 'resource limits', severity: 'optional' as const };
   // The runtime's own detection, so doctor says exactly what `resources` will get.
@@ -261,6 +274,7 @@ export async function runChecks(): Promise<CheckResult[]> {
     overlay,
     checkFuseOverlay(),
     checkHelper(),
+    checkExecAddon(),
     checkProgram('mmdebstrap', 'mmdebstrap (debian bases)', 'mmdebstrap', 'mmdebstrap', 'recommended', 'needed for `base: {debian: ...}`'),
     checkProgram('zstd', 'zstd (zstd image layers)', 'zstd', 'zstd', 'optional', 'needed to pull zstd-compressed image layers'),
     checkProgram('qemu-x86_64', 'qemu x86_64 (VM backend)', 'qemu-system-x86_64', 'qemu-system-x86', 'optional', 'needed for `backend: vm`'),
