@@ -21,7 +21,8 @@ export function timeCommands(commands, { runs = 20, warmup = 3, cwd } = {}) {
       for (const c of commands) args.push('-n', c.name, c.command);
       execFileSync('hyperfine', args, { stdio: ['ignore', 'ignore', 'inherit'], cwd });
       const { results } = JSON.parse(readFileSync(out, 'utf8'));
-      return results.map((r, i) => ({ name: commands[i].name, medianMs: r.median * 1000, meanMs: r.mean * 1000, stddevMs: (r.stddev ?? 0) * 1000 }));
+      // CPU time (user + system, children included) moves far less than wall time on a loaded machine.
+      return results.map((r, i) => ({ name: commands[i].name, medianMs: r.median * 1000, meanMs: r.mean * 1000, stddevMs: (r.stddev ?? 0) * 1000, cpuMs: (r.user + r.system) * 1000 }));
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -39,13 +40,18 @@ export function timeCommands(commands, { runs = 20, warmup = 3, cwd } = {}) {
   });
 }
 
-/** Print a Markdown table of results with a ratio column against `baseline` (a result name). */
+/**
+ * Print a Markdown table of results with a ratio column against `baseline` (a result name), and the
+ * mean CPU time and its ratio when hyperfine measured it (the figures to read under load).
+ */
 export function printTable(results, baseline) {
   const base = results.find((r) => r.name === baseline);
-  console.log('| command | median ms | mean ± σ ms | × ' + baseline + ' |');
-  console.log('|---|---:|---:|---:|');
+  const cpu = results.every((r) => r.cpuMs !== undefined);
+  console.log(`| command | median ms | mean ± σ ms | × ${baseline} |${cpu ? ' CPU ms | CPU × |' : ''}`);
+  console.log(`|---|---:|---:|---:|${cpu ? '---:|---:|' : ''}`);
   for (const r of results) {
     const ratio = base ? (r.medianMs / base.medianMs).toFixed(2) : '–';
-    console.log(`| ${r.name} | ${r.medianMs.toFixed(1)} | ${r.meanMs.toFixed(1)} ± ${r.stddevMs.toFixed(1)} | ${ratio} |`);
+    const cpuColumns = cpu ? ` ${r.cpuMs.toFixed(1)} | ${base ? (r.cpuMs / base.cpuMs).toFixed(2) : '–'} |` : '';
+    console.log(`| ${r.name} | ${r.medianMs.toFixed(1)} | ${r.meanMs.toFixed(1)} ± ${r.stddevMs.toFixed(1)} | ${ratio} |${cpuColumns}`);
   }
 }

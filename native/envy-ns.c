@@ -89,11 +89,15 @@ static struct {
   bool tty, detach;
   char *pidfile;
   int status_fd;
+  /* How setup failures are reported when no one reads the status fd (envy exec-replaces itself
+   * with the helper): `PREFIX MESSAGE` and `hint: HINT`, and this exit code. */
+  const char *error_prefix;
+  int setup_exit;
   pid_t target; unsigned long long target_start;
   char *passwd_line, *group_line, *mkhome;
   char *cgroup;
   char *dns;
-} cfg = { .status_fd = -1, .overlay = OVL_AUTO };
+} cfg = { .status_fd = -1, .overlay = OVL_AUTO, .setup_exit = EXIT_SETUP };
 
 /* Where error reports go: the host side writes them out; init and the workload
  * child send them to the host side through this pipe ("E<message>\t<hint>"). */
@@ -122,10 +126,10 @@ static void write_all(int fd, const char *buf, size_t len) {
 /* The host side's single place that prints a setup failure (stderr, and the status fd for envy). */
 static void emit_error(const char *message, const char *hint) {
   char line[4096];
-  int n = snprintf(line, sizeof line, "envy-ns: %s\n", message);
+  int n = snprintf(line, sizeof line, "%s%s\n", cfg.error_prefix ? cfg.error_prefix : "envy-ns: ", message);
   write_all(STDERR_FILENO, line, (size_t)(n < (int)sizeof line ? n : (int)sizeof line - 1));
   if (hint && *hint) {
-    n = snprintf(line, sizeof line, "envy-ns: hint: %s\n", hint);
+    n = snprintf(line, sizeof line, "%shint: %s\n", cfg.error_prefix ? "" : "envy-ns: ", hint);
     write_all(STDERR_FILENO, line, (size_t)(n < (int)sizeof line ? n : (int)sizeof line - 1));
   }
   if (cfg.status_fd >= 0) {
@@ -146,7 +150,7 @@ static void vfail(int err, const char *fmt, va_list ap) {
     restore_terminal();
     emit_error(message, diag_hint);
   }
-  _exit(EXIT_SETUP);
+  _exit(cfg.setup_exit);
 }
 
 /* Fail with strerror(errno) appended. */
@@ -156,7 +160,7 @@ __attribute__((format(printf, 1, 2), noreturn)) static void die(const char *fmt,
   va_start(ap, fmt);
   vfail(err, fmt, ap);
   va_end(ap);
-  _exit(EXIT_SETUP);
+  _exit(cfg.setup_exit);
 }
 
 /* Fail without an errno part (usage errors, state errors). */
@@ -165,7 +169,7 @@ __attribute__((format(printf, 1, 2), noreturn)) static void die_plain(const char
   va_start(ap, fmt);
   vfail(0, fmt, ap);
   va_end(ap);
-  _exit(EXIT_SETUP);
+  _exit(cfg.setup_exit);
 }
 
 static void warn(const char *fmt, ...) {
@@ -279,7 +283,8 @@ static void usage(void) {
         "             --bind SRC:DST[:ro] --tmpfs DST[:SIZE] --hostname NAME --net host|none|private\n"
         "             --keep-id UID:GID --idmap auto|single --passwd LINE --group LINE --mkhome DIR\n"
         "             --dns TEXT --cgroup DIR --detach --pidfile FILE\n"
-        "process:     --uid N --gid N --groups G,G --cwd DIR --env K=V --rlimit NAME=N --tty --status-fd N\n",
+        "process:     --uid N --gid N --groups G,G --cwd DIR --env K=V --rlimit NAME=N --tty --status-fd N\n"
+        "             --error-prefix TEXT --setup-exit N\n",
         stderr);
   exit(EXIT_SETUP);
 }
@@ -387,6 +392,10 @@ static void parse_args(int argc, char **argv) {
       cfg.status_fd = (int)parse_number(value, flag);
       if (fcntl(cfg.status_fd, F_GETFD) < 0) die("--status-fd %d", cfg.status_fd);
       fcntl(cfg.status_fd, F_SETFD, FD_CLOEXEC);
+    } else if (!strcmp(flag, "--error-prefix")) {
+      cfg.error_prefix = value;
+    } else if (!strcmp(flag, "--setup-exit")) {
+      cfg.setup_exit = (int)parse_number(value, flag);
     } else if (!strcmp(flag, "--target")) {
       char *sep = strchr(value, ':');
       if (sep) { *sep = '\0'; cfg.target_start = parse_number(sep + 1, flag); }
@@ -1648,13 +1657,15 @@ static int exec_mode(void) {
   sigset_t set;
   forward_set(&set);
   sigprocmask(SIG_BLOCK, &set, NULL);
+  /* Before the fork: a workload child that fails (chdir, setuid) reports after this, and the last
+   * report wins. Written after the fork, "ok" could land after the child's error and hide it. */
+  write_status_ok();
   pid_t child = fork();
   if (child < 0) die("fork");
   if (child == 0) {
     if (master >= 0) close(master);
     become_workload(cfg.tty ? slave : NULL);
   }
-  write_status_ok();
   return supervise(child, master);
 }
 

@@ -2,7 +2,8 @@
 // rootfs: `node -e 0` (the floor of any Node CLI), bwrap, rootless podman (runc), envy-ns directly,
 // and NamespaceRuntime through a tiny bundled Node script (cold runOnce, and exec into a running env).
 // Targets (ratios in the same run): exec <= 1.5x node; cold <= 2.5x node and >= 3x faster than podman.
-// Run as root, it re-runs itself as the unprivileged `envtest` user: the point is rootless numbers.
+// Run as root, it re-runs itself as the unprivileged user ENVY_BENCH_USER (default `envtest`): the point
+// is rootless numbers.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -12,7 +13,7 @@ import { hasProgram, printTable, timeCommands } from '../lib.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
 const helper = join(root, 'dist/envy-ns');
-const BENCH_USER = 'envtest';
+const BENCH_USER = process.env.ENVY_BENCH_USER ?? 'envtest';
 
 if (process.getuid() === 0) {
   if (spawnSync('id', ['-u', BENCH_USER], { stdio: 'ignore' }).status !== 0) {
@@ -22,7 +23,7 @@ if (process.getuid() === 0) {
   // Root's tree may be unreadable to the user (/root is 0700): run a readable copy.
   const copy = mkdtempSync(join(tmpdir(), 'envy-bench-copy-'));
   try {
-    for (const part of ['bench', 'dist', 'src', 'node_modules', 'package.json', 'tsconfig.json']) {
+    for (const part of ['bench', 'dist', 'scripts', 'src', 'node_modules', 'package.json', 'tsconfig.json']) {
       execFileSync('cp', ['-a', join(root, part), copy]);
     }
     execFileSync('chmod', ['-R', 'a+rX', copy]);
@@ -54,20 +55,26 @@ try {
   ].join(' && ')], { stdio: 'inherit' });
   mkdirSync(join(dir, 'ws'));
 
-  // The Node side exactly as envy uses it, bundled the way dist/ is (one file, no node_modules walk).
+  // The Node side exactly as envy uses it, bundled the way dist/exec-fast.cjs is (one CommonJS file:
+  // no node_modules walk, no ES module loader). The same script as an ES module shows the loader's cost.
   const entry = join(dir, 'bench-entry.ts');
   writeFileSync(entry, [
     `import { NamespaceRuntime } from ${JSON.stringify(join(root, 'src/runtime/namespace/runtime.ts'))};`,
     `const [op, json] = process.argv.slice(2);`,
     `const { config, spec } = JSON.parse(json);`,
     `const runtime = new NamespaceRuntime();`,
-    `if (op === 'start') await runtime.start(config);`,
-    `else if (op === 'stop') await runtime.stop(config, 1000);`,
-    `else process.exitCode = await runtime[op](config, spec);`,
+    `void (async () => {`,
+    `  if (op === 'start') await runtime.start(config);`,
+    `  else if (op === 'stop') await runtime.stop(config, 1000);`,
+    `  else process.exitCode = await runtime[op](config, spec);`,
+    `})();`,
   ].join('\n'));
   const { build } = await import('esbuild');
-  const script = join(dir, 'bench-runtime.mjs');
-  await build({ entryPoints: [entry], outfile: script, bundle: true, platform: 'node', format: 'esm', target: 'node20', logLevel: 'warning' });
+  const { execFastBundleOptions } = await import('../../scripts/bundle-config.mjs');
+  const script = join(dir, 'bench-runtime.cjs');
+  const moduleScript = join(dir, 'bench-runtime.mjs');
+  await build({ ...execFastBundleOptions(root, script), entryPoints: [entry], sourcemap: false });
+  await build({ entryPoints: [entry], outfile: moduleScript, bundle: true, platform: 'node', format: 'esm', target: 'node20', logLevel: 'warning' });
 
   const config = {
     id: 'bench', hostname: 'bench', rootfs: { layers: [rootfs] }, network: 'host', resources: {},
@@ -77,7 +84,7 @@ try {
   const json = JSON.stringify({ config, spec });
   const env = { ...process.env, ENVY_NS_HELPER: helper, ENVY_HOME: envyHome };
   const quote = (s) => `'${s.replace(/'/g, `'\\''`)}'`;
-  const nodeScript = (op) => `env ENVY_NS_HELPER=${helper} ENVY_HOME=${envyHome} ${process.execPath} ${script} ${op} ${quote(json)}`;
+  const nodeScript = (op, file = script) => `env ENVY_NS_HELPER=${helper} ENVY_HOME=${envyHome} ${process.execPath} ${file} ${op} ${quote(json)}`;
 
   execFileSync(process.execPath, [script, 'start', json], { env, stdio: 'inherit' });
   const [pid, start] = execFileSync('cat', [join(envyHome, 'environments/bench/run/init.pid')]).toString().trim().split(' ');
@@ -86,6 +93,7 @@ try {
   const commands = [
     { name: 'node -e 0', command: `${process.execPath} -e 0` },
     { name: 'envy exec (NamespaceRuntime.exec via node)', command: nodeScript('exec') },
+    { name: 'NamespaceRuntime.exec via node, as an ES module script', command: nodeScript('exec', moduleScript) },
     { name: 'envy cold run (NamespaceRuntime.runOnce via node)', command: nodeScript('runOnce') },
     { name: 'envy-ns exec (helper directly)', command: `${helper} exec --target ${pid}:${start} --env PATH=/bin -- true` },
     { name: 'envy-ns run (helper directly, cold)', command: direct },

@@ -10,10 +10,10 @@
  * the ESM loader plus a file per chunk (~25 ms measured).
  */
 import { readFileSync, statSync } from 'node:fs';
-import { isatty } from 'node:tty';
 import { dirname, resolve } from 'node:path';
 import { findSpecFile } from '../config/find.js';
 import { NamespaceRuntime } from '../runtime/namespace/runtime.js';
+import { isTerminal } from '../runtime/namespace/node-addon.js';
 import { listRecords, type EnvironmentRecord } from '../state/environments.js';
 import { reportError } from './report.js';
 
@@ -71,7 +71,11 @@ export function currentRecord(specFile: string | undefined): EnvironmentRecord |
   }
 }
 
-export async function tryFastExec(args: FastExecArgs): Promise<number | undefined> {
+/**
+ * `replace`: become the helper instead of spawning it (bin/envy.js's own path, where nothing follows
+ * the workload; the full CLI spawns, so --debug still records the helper's command line).
+ */
+export async function tryFastExec(args: FastExecArgs, { replace = false } = {}): Promise<number | undefined> {
   const record = currentRecord(args.file);
   if (!record?.exec) return undefined;
   const { identity, workdir, env, resources } = record.exec;
@@ -84,8 +88,8 @@ export async function tryFastExec(args: FastExecArgs): Promise<number | undefine
     cwd: args.workdir ?? workdir,
     root: args.root,
     identity,
-    // process.stdin would build a stream (~4 ms): ask the fds.
-    tty: isatty(0) && isatty(1),
+    // process.stdin would build a stream (~4 ms), node:tty loads node:net: ask the fds.
+    tty: isTerminal(0) && isTerminal(1),
   };
   if (record.backend === 'vm') {
     // Only the channel and the agent client: qemu, disks and the initramfs stay out of this path.
@@ -94,7 +98,9 @@ export async function tryFastExec(args: FastExecArgs): Promise<number | undefine
     return state ? execInVm(config, state, spec, process) : undefined;
   }
   const runtime = new NamespaceRuntime();
-  if ((await runtime.status(config)).state !== 'running') return undefined;
+  if (!runtime.isRunning(config)) return undefined;
+  // This returns only when the process cannot be replaced here (no addon): then spawn.
+  if (replace) runtime.execReplacingProcess(config, spec);
   return runtime.exec(config, spec);
 }
 
@@ -103,7 +109,7 @@ export async function runFastExec(argv: string[]): Promise<number | undefined> {
   const args = parseFastExecArgs(argv);
   if (!args) return undefined;
   try {
-    return await tryFastExec(args);
+    return await tryFastExec(args, { replace: true });
   } catch (error) {
     return reportError(error, false);
   }

@@ -111,7 +111,8 @@ export function listRecords(): EnvironmentRecord[] {
         return [];
       }
     })
-    .sort((a, b) => a.id.localeCompare(b.id));
+    // Ids are ASCII: compare code units. localeCompare would load ICU's collator, ~15 ms of `envy exec`.
+    .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
 }
 
 export function removeEnvironmentDir(id: string): void {

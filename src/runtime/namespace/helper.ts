@@ -3,7 +3,7 @@
  * extra pipe (fd 3, `--status-fd 3`), so a workload that itself exits 125 is never taken
  * for a broken environment and setup errors arrive as one line with a hint.
  */
-import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
+import type { ChildProcess, StdioOptions } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
 import { join } from 'node:path';
 import { EnvyError } from '../../errors.js';
@@ -59,26 +59,42 @@ const TERMINAL: NodeJS.Signals[] = ['SIGINT', 'SIGQUIT'];
 
 const SIGNAL_NUMBERS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGUSR1: 10, SIGUSR2: 12, SIGPIPE: 13, SIGALRM: 14, SIGTERM: 15 };
 
-export function spawnHelper(args: string[], stdio: StdioOptions = 'inherit'): HelperRun {
-  const file = ensureHelper();
-  const fullArgs = [args[0]!, '--status-fd', '3', ...args.slice(1)];
-  debug(`$ ${formatCommand(file, fullArgs)}`);
-  const base = typeof stdio === 'string' ? [stdio, stdio, stdio] : [...stdio].slice(0, 3);
-  const child = spawn(file, fullArgs, { stdio: [...base, 'pipe'] as StdioOptions });
+/** Forward what the helper must get from Node's signals while it runs; returns the undo. */
+export function forwardSignals(kill: (sig: NodeJS.Signals) => void): () => void {
   const handlers = new Map<NodeJS.Signals, () => void>();
-  for (const sig of FORWARDED) handlers.set(sig, () => child.kill(sig));
+  for (const sig of FORWARDED) handlers.set(sig, () => kill(sig));
   for (const sig of TERMINAL) handlers.set(sig, () => {});
   for (const [sig, handler] of handlers) process.on(sig, handler);
+  return () => {
+    for (const [sig, handler] of handlers) process.off(sig, handler);
+  };
+}
+
+/** The helper's arguments with the status pipe (fd 3) added, recorded for --debug. */
+export function withStatusFd(file: string, args: string[]): string[] {
+  const fullArgs = [args[0]!, '--status-fd', '3', ...args.slice(1)];
+  debug(`$ ${formatCommand(file, fullArgs)}`);
+  return fullArgs;
+}
+
+export function spawnHelper(args: string[], stdio: StdioOptions = 'inherit'): HelperRun {
+  const file = ensureHelper();
+  const fullArgs = withStatusFd(file, args);
+  const base = typeof stdio === 'string' ? [stdio, stdio, stdio] : [...stdio].slice(0, 3);
+  // Loaded here, not at the top: most execs never come here (node-addon.ts spawns or becomes the helper).
+  const { spawn } = process.getBuiltinModule('node:child_process');
+  const child = spawn(file, fullArgs, { stdio: [...base, 'pipe'] as StdioOptions });
+  const stopForwarding = forwardSignals((sig) => child.kill(sig));
   let statusText = '';
   const statusStream = child.stdio[3] as NodeJS.ReadableStream | null;
   statusStream?.on('data', (chunk: Buffer) => (statusText += chunk.toString()));
   const done = new Promise<{ code: number; status: HelperStatus }>((resolve, reject) => {
     child.on('error', (error) => {
-      for (const [sig, handler] of handlers) process.off(sig, handler);
+      stopForwarding();
       reject(new EnvyError('HOST', `cannot run the namespace helper ${file}: ${error.message}`, { cause: error }));
     });
     child.on('close', (code, signal) => {
-      for (const [sig, handler] of handlers) process.off(sig, handler);
+      stopForwarding();
       resolve({ code: code ?? 128 + (signal ? (SIGNAL_NUMBERS[signal] ?? 0) : 0), status: parseStatus(statusText) });
     });
   });

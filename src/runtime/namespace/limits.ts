@@ -57,11 +57,20 @@ export function rlimitArgs(config: EnvironmentConfig): string[] {
 
 const warned = new Set<string>();
 
+/** What happens to each limit without cgroups (shared by the warning and `envy doctor`). */
+export function rlimitFallback(resources: { memory?: unknown; pids?: unknown; cpus?: unknown }): string {
+  const parts: string[] = [];
+  if (resources.memory !== undefined) parts.push('memory is approximated with RLIMIT_DATA per process');
+  if (resources.pids !== undefined) parts.push('pids with RLIMIT_NPROC');
+  if (resources.cpus !== undefined) parts.push('cpus is not enforced');
+  return parts.join(', ');
+}
+
 /** The one-line warning when limits were asked for but cgroups cannot enforce them. */
 export function limitsWarning(config: EnvironmentConfig, support: CgroupSupport): string | undefined {
   const { memory, pids, cpus } = config.resources;
   if (support.kind === 'delegated' || (memory === undefined && pids === undefined && cpus === undefined)) return undefined;
-  const message = `envy: warning: cgroup limits are unavailable (${support.reason}); memory and pids are approximated with rlimits${cpus !== undefined ? ', cpus is not enforced' : ''}\n`;
+  const message = `envy: warning: cgroup limits are unavailable (${support.reason}): ${rlimitFallback(config.resources)}\n`;
   if (warned.has(message)) return undefined;
   warned.add(message);
   return message;

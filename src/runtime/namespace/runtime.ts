@@ -5,13 +5,14 @@
  */
 import type { StdioOptions } from 'node:child_process';
 import { mkdirSync, readFileSync } from 'node:fs';
-import { EnvyError } from '../../errors.js';
+import { EnvyError, ExitCode } from '../../errors.js';
 import { acquireLock } from '../../state/lock.js';
 import { environmentPaths } from '../../state/environments.js';
 import type { EnvironmentConfig, Identity, ProcessSpec, Runtime, RuntimeStatus } from '../types.js';
 import { environmentArgs, processArgs } from './args.js';
-import { spawnHelper, workloadExitCode, type HelperRun } from './helper.js';
+import { ensureHelper, forwardSignals, parseStatus, spawnHelper, withStatusFd, workloadExitCode, type HelperRun } from './helper.js';
 import { hostIdentity } from './identity.js';
+import { replaceProcess, spawnInherited } from './node-addon.js';
 import { detectCgroupDelegation, limitsWarning, prepareCgroup, rlimitArgs } from './limits.js';
 import { forgetInit, isInitAlive, pidFile, readInitRecord, runningInit, type InitRecord } from './state.js';
 
@@ -61,13 +62,29 @@ export class NamespaceRuntime implements Runtime {
   }
 
   async exec(config: EnvironmentConfig, spec: ProcessSpec): Promise<number> {
+    return this.runHelper(this.execArgs(config, spec), execFailure(config, spec));
+  }
+
+  /**
+   * exec by turning this process into the helper: it never returns, and the process exits with the
+   * workload's code (128+n for signal n), forwards signals and relays the pty itself. Setup failures
+   * are printed as envy's own (`envy: cannot run ...`, `hint: ...`) and exit as an EnvyError('RUNTIME')
+   * would. Returns false when the process cannot be replaced here (no dist/envy-node.node): call exec.
+   * For a CLI whose work ends with the workload, and only with inherited stdio.
+   */
+  execReplacingProcess(config: EnvironmentConfig, spec: ProcessSpec): false {
+    const args = this.execArgs(config, spec);
+    const report = ['--error-prefix', `envy: ${execFailure(config, spec)}: `, '--setup-exit', String(ExitCode.Internal)];
+    return replaceProcess(ensureHelper(), [args[0]!, ...report, ...args.slice(1)]);
+  }
+
+  private execArgs(config: EnvironmentConfig, spec: ProcessSpec): string[] {
     const init = runningInit(config.id);
     if (!init) {
       throw new EnvyError('RUNTIME', `environment ${config.id} is not running`, { hint: 'start it with `envy up`' });
     }
     const user = this.user(config, spec);
-    const args = ['exec', '--target', `${init.pid}:${init.startTime}`, ...rlimitArgs(config), ...processArgs(spec, user)];
-    return this.runHelper(args, `cannot run ${spec.argv[0]} in environment ${config.id}`);
+    return ['exec', '--target', `${init.pid}:${init.startTime}`, ...rlimitArgs(config), ...processArgs(spec, user)];
   }
 
   async runOnce(config: EnvironmentConfig, spec: ProcessSpec): Promise<number> {
@@ -95,6 +112,11 @@ export class NamespaceRuntime implements Runtime {
     forgetInit(config.id);
   }
 
+  /** Whether the environment's init runs: status() without the start time (which reads /proc/stat). */
+  isRunning(config: EnvironmentConfig): boolean {
+    return runningInit(config.id) !== undefined;
+  }
+
   async status(config: EnvironmentConfig): Promise<RuntimeStatus> {
     const init = runningInit(config.id);
     return init ? this.runningStatus(init) : { state: 'stopped' };
@@ -117,6 +139,16 @@ export class NamespaceRuntime implements Runtime {
   }
 
   private async runHelper(args: string[], what: string): Promise<number> {
+    if (this.options.stdio === undefined && this.options.onSpawn === undefined) {
+      // The common case (exec, a hook, a service, a shell): no child_process when the addon is built.
+      const file = ensureHelper();
+      const child = spawnInherited(file, withStatusFd(file, args));
+      if (child) {
+        const stopForwarding = forwardSignals((sig) => signal(child.pid, sig));
+        const { code, statusText } = await child.done.finally(stopForwarding);
+        return workloadExitCode({ code, status: parseStatus(statusText) }, what);
+      }
+    }
     const run = spawnHelper(args, this.options.stdio ?? 'inherit');
     this.options.onSpawn?.(run);
     return workloadExitCode(await run.done, what);
@@ -128,6 +160,10 @@ export class NamespaceRuntime implements Runtime {
     const startedAt = bootSeconds !== undefined && Number.isFinite(ticks) ? new Date((bootSeconds + ticks / CLOCK_TICKS) * 1000).toISOString() : undefined;
     return { state: 'running', pid: init.pid, startedAt };
   }
+}
+
+function execFailure(config: EnvironmentConfig, spec: ProcessSpec): string {
+  return `cannot run ${spec.argv[0]} in environment ${config.id}`;
 }
 
 // USER_HZ is 100 on every Linux architecture envy supports.

@@ -5,11 +5,11 @@
  * what changed, --frozen. A host base keeps it fast; the Debian test below runs
  * the README's main job on env.example.yaml.
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { envy, envyRoot, runAsUser, userTempDir, type RunResult } from '../harness.js';
+import { asUserArgv, envy, envyRoot, runAsUser, userTempDir, waitFor, type RunResult } from '../harness.js';
 
 let project: { path: string; remove: () => void };
 let home: { path: string; remove: () => void };
@@ -81,6 +81,35 @@ describe('envy up / exec / down on a host base', () => {
     const made = statSync(join(project.path, 'made-inside'));
     expect(made.uid).toBe(uid);
     expect(readFileSync(join(project.path, 'made-inside'), 'utf8')).toBe('from-inside\n');
+  });
+
+  test('exec forwards SIGTERM to the workload and exits with its code, whether it becomes the helper or spawns it', async () => {
+    // `exec --` takes bin/envy.js's fast path, where envy's process turns into the helper (execve);
+    // --quiet goes through the full CLI, which spawns the helper and forwards signals itself.
+    for (const options of [[], ['--quiet']]) {
+      const script = 'trap "echo got-term; exit 9" TERM; echo ready; while :; do sleep 0.1; done';
+      const argv = [...asUserArgv({ ENVY_HOME: home.path, CI: 'true' }), process.execPath, join(envyRoot(), 'bin/envy.js'), 'exec', ...options, '--', 'sh', '-c', script];
+      const child = spawn(argv[0]!, argv.slice(1), { cwd: project.path, stdio: ['ignore', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+      child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      const closed = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+      await waitFor(`the workload of envy exec ${options.join(' ')} to start (stderr: ${stderr})`, () => stdout.includes('ready'), 60_000);
+      child.kill('SIGTERM');
+      expect(await closed, stderr).toBe(9);
+      expect(stdout).toBe('ready\ngot-term\n');
+    }
+  });
+
+  test('a workload that cannot start is one line naming what failed, and exit 3 (fast path)', async () => {
+    const missingDir = await run(['exec', '-w', '/nonexistent', '--', 'true']);
+    expect(missingDir.code).toBe(3);
+    expect(missingDir.stderr).toMatch(/^envy: cannot run true in environment life-[0-9a-f]{8}: chdir \/nonexistent: No such file or directory\n$/);
+    // Not found and not executable keep the helper's 127 and 126, like a shell's.
+    const missingCommand = await run(['exec', '--', 'no-such-command']);
+    expect(missingCommand.code).toBe(127);
+    expect(missingCommand.stderr).toBe('envy-ns: no-such-command: command not found\n');
   });
 
   test('exec notices env.yaml edited in place (same size, same inode) and applies it first', async () => {

@@ -29,10 +29,10 @@ interface Driven {
 const ENV = (): Record<string, string> => ({ ENVY_HOME: home.path, TERM: 'xterm' });
 const run = (args: string[]): Promise<RunResult> => envy(args, { cwd: project.path, env: { ...ENV(), CI: 'true' } });
 
-/** Run `envy shell` in a pty as the test user, playing `steps`. */
-function drive(steps: Step[], args: string[] = []): Driven {
+/** Run `envy shell` (or another envy command) in a pty as the test user, playing `steps`. */
+function drive(steps: Step[], command: string[] = ['shell']): Driven {
   const driver = resolve(import.meta.dirname, '../pty-driver.py');
-  const argv = [...asUserArgv(ENV()), process.execPath, join(envyRoot(), 'bin/envy.js'), 'shell', ...args];
+  const argv = [...asUserArgv(ENV()), process.execPath, join(envyRoot(), 'bin/envy.js'), ...command];
   // setpriv keeps the pty as controlling terminal; cd happens before it, in the shell below.
   const out = execFileSync('sh', ['-c', 'cd "$0" && exec "$@"', project.path, 'python3', driver, JSON.stringify(steps), '--', ...argv], { encoding: 'utf8', timeout: 120_000 });
   return JSON.parse(out) as Driven;
@@ -107,6 +107,32 @@ describe('envy shell through a real pty', () => {
     expectAll(result);
     expect(result.exit).toBe(5);
     // No "after=" line: the whole `sleep; echo` list was interrupted, as in a plain terminal.
+    expect(result.steps.map((s) => s.output).join('')).not.toMatch(/after=0/);
+  });
+
+  test('envy exec with a terminal (envy becomes the helper): a pty inside, Ctrl-C, resize and the exit code', () => {
+    const prompt = String.raw`exec\$ $`;
+    const result = drive(
+      [
+        { expect: prompt, timeout: 30 },
+        { send: 'tty\r' },
+        { expect: String.raw`/dev/pts/\d+\r?\n` },
+        { expect: prompt },
+        { send: 'sleep 50; echo "after=$?"\r' },
+        { sleep: 0.5 },
+        { send: '\x03' },
+        { expect: prompt, timeout: 5 },
+        { resize: [21, 77] },
+        { sleep: 0.3 },
+        { send: 'stty size\r' },
+        { expect: String.raw`[^0-9]21 77\r?\n` },
+        { expect: prompt },
+        { send: 'exit 7\r' },
+      ],
+      ['exec', '-e', 'PS1=exec$ ', '--', 'bash', '--norc', '--noprofile', '-i'],
+    );
+    expectAll(result);
+    expect(result.exit).toBe(7);
     expect(result.steps.map((s) => s.output).join('')).not.toMatch(/after=0/);
   });
 

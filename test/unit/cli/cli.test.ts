@@ -114,7 +114,7 @@ describe('envy doctor', () => {
     const r = envy(['doctor', '--json'], dir);
     const report = JSON.parse(r.stdout) as { ok: boolean; checks: { id: string; ok: boolean; severity: string }[] };
     const ids = report.checks.map((c) => c.id);
-    for (const id of ['userns', 'subuids', 'subgids', 'idmap', 'overlay', 'helper', 'ssh-keygen', 'kvm', 'cgroups', 'disk']) expect(ids).toContain(id);
+    for (const id of ['userns', 'subuids', 'subgids', 'idmap', 'overlay', 'helper', 'exec-addon', 'ssh-keygen', 'kvm', 'cgroups', 'disk']) expect(ids).toContain(id);
     const requiredOk = report.checks.filter((c) => c.severity === 'required').every((c) => c.ok);
     expect(report.ok).toBe(requiredOk);
     expect(r.code).toBe(requiredOk ? 0 : 4);
