@@ -145,6 +145,8 @@ export class Executor {
           this.resolved.baseDigest = parent.manifestDigest;
           this.epoch = sourceDateEpoch(step, parent);
         }
+        if (step.kind === 'packages') Object.assign(this.resolved.packages[step.manager], parent.resolved?.packages);
+        if (step.kind === 'kernel' && parent.resolved?.kernel) this.resolved.kernel = parent.resolved.kernel;
         reporter.report({ type: 'step-cached', key: step.key });
         continue;
       }
@@ -154,7 +156,7 @@ export class Executor {
         reporter.report({ type: 'step-output', key: step.key, line }),
       );
       try {
-        const image = await this.execute(step, parent, log);
+        const image = this.withResolved(step, await this.execute(step, parent, log));
         if (step.kind === 'base') this.epoch = sourceDateEpoch(step, image);
         await store.writeImage(image);
         parent = image;
@@ -170,6 +172,14 @@ export class Executor {
     }
     if (!parent) throw new EnvyError('INTERNAL', `plan ${plan.name} has no steps`);
     return { image: parent, resolved: this.resolved, built };
+  }
+
+  /** Keep what a packages or kernel step resolved with its image, for later cache hits (ImageRecord.resolved). */
+  private withResolved(step: Step, image: ImageRecord): ImageRecord {
+    // A plan has one packages step per manager: what that manager resolved is this step's.
+    if (step.kind === 'packages') return { ...image, resolved: { packages: { ...this.resolved.packages[step.manager] } } };
+    if (step.kind === 'kernel' && this.resolved.kernel) return { ...image, resolved: { kernel: this.resolved.kernel } };
+    return image;
   }
 
   private async execute(step: Step, parent: ImageRecord | undefined, log: StepLog): Promise<ImageRecord> {
