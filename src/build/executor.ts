@@ -390,7 +390,8 @@ export class Executor {
         return [
           'set -e',
           'export DEBIAN_FRONTEND=noninteractive',
-          'apt-get update -o Dpkg::Use-Pty=0',
+          // No package descriptions (Translation-en): 6.5 MB to fetch and 34 MB in every packages layer, unused.
+          'apt-get update -o Dpkg::Use-Pty=0 -o Acquire::Languages=none',
           // dpkg fsyncs every file it unpacks (git alone: ~5 s here); a build step needs none of that
           // durability: a crash mid-step discards the step. Container images ship the same setting.
           `apt-get install -y --no-install-recommends -o Dpkg::Use-Pty=0 -o Dpkg::Options::=--force-unsafe-io ${requests.join(' ')}`,
