@@ -146,6 +146,8 @@ export class Executor {
           this.resolved.baseDigest = parent.manifestDigest;
           this.epoch = sourceDateEpoch(step, parent);
         }
+        if (step.kind === 'packages') Object.assign(this.resolved.packages[step.manager], parent.resolved?.packages);
+        if (step.kind === 'kernel' && parent.resolved?.kernel) this.resolved.kernel = parent.resolved.kernel;
         reporter.report({ type: 'step-cached', key: step.key });
         continue;
       }
@@ -155,7 +157,7 @@ export class Executor {
         reporter.report({ type: 'step-output', key: step.key, line }),
       );
       try {
-        const image = await this.execute(step, parent, log);
+        const image = this.withResolved(step, await this.execute(step, parent, log));
         if (step.kind === 'base') this.epoch = sourceDateEpoch(step, image);
         await store.writeImage(image);
         parent = image;
@@ -171,6 +173,14 @@ export class Executor {
     }
     if (!parent) throw new EnvyError('INTERNAL', `plan ${plan.name} has no steps`);
     return { image: parent, resolved: this.resolved, built };
+  }
+
+  /** Keep what a packages or kernel step resolved with its image, for later cache hits (ImageRecord.resolved). */
+  private withResolved(step: Step, image: ImageRecord): ImageRecord {
+    // A plan has one packages step per manager: what that manager resolved is this step's.
+    if (step.kind === 'packages') return { ...image, resolved: { packages: { ...this.resolved.packages[step.manager] } } };
+    if (step.kind === 'kernel' && this.resolved.kernel) return { ...image, resolved: { kernel: this.resolved.kernel } };
+    return image;
   }
 
   private async execute(step: Step, parent: ImageRecord | undefined, log: StepLog): Promise<ImageRecord> {
@@ -382,7 +392,8 @@ export class Executor {
         return [
           'set -e',
           'export DEBIAN_FRONTEND=noninteractive',
-          'apt-get update -o Dpkg::Use-Pty=0',
+          // No package descriptions (Translation-en): 6.5 MB to fetch and 34 MB in every packages layer, unused.
+          'apt-get update -o Dpkg::Use-Pty=0 -o Acquire::Languages=none',
           // dpkg fsyncs every file it unpacks (git alone: ~5 s here); a build step needs none of that
           // durability: a crash mid-step discards the step. Container images ship the same setting.
           `apt-get install -y --no-install-recommends -o Dpkg::Use-Pty=0 -o Dpkg::Options::=--force-unsafe-io ${requests.join(' ')}`,

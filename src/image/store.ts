@@ -86,6 +86,12 @@ export interface ImageRecord {
   layers: ImageLayer[];
   config: ImageConfig;
   createdAt: string;
+  /**
+   * What the build step that made this image resolved (a packages step's versions by package name, a
+   * kernel step's package): a cache hit, in this project or another one sharing the store, puts them
+   * in env.lock as a fresh build would.
+   */
+  resolved?: { packages?: Record<string, string>; kernel?: { package: string; version: string } };
 }
 
 export interface GcOptions {

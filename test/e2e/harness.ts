@@ -18,6 +18,12 @@ export interface RunResult {
 export const envyRoot = (): string => inject('envyRoot');
 export const testUser = (): string => inject('envyUser');
 export const isRoot = (): boolean => process.getuid?.() === 0;
+/**
+ * The run's shared ENVY_HOME for Debian-based images (global-setup.ts): the base layer and the apt
+ * cache are built once per run. Files using it remove only their own environments (`down --rm`);
+ * never gc it or delete it.
+ */
+export const debianHome = (): string => inject('debianHome');
 
 function userInfo(): { uid: number; gid: number; home: string } {
   const [uid, gid, home] = execFileSync('sh', ['-c', `id -u ${testUser()}; id -g ${testUser()}; getent passwd ${testUser()} | cut -d: -f6`])

@@ -9,7 +9,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { asUserArgv, envy, envyRoot, runAsUser, userTempDir, waitFor, type RunResult } from '../harness.js';
+import { asUserArgv, debianHome, envy, envyRoot, runAsUser, userTempDir, waitFor, type RunResult } from '../harness.js';
 
 let project: { path: string; remove: () => void };
 let home: { path: string; remove: () => void };
@@ -174,11 +174,12 @@ describe('envy up / exec / down on a host base', () => {
 describe('the README main job: envy up on env.example.yaml (Debian bookworm)', () => {
   beforeAll(() => {
     project = userTempDir('envy-example-');
-    home = userTempDir('envy-example-home-');
+    // The run's shared home: the Debian base (and templates/default.yaml, the same spec) is built once per run.
+    home = { path: debianHome(), remove: () => {} };
     writeFileSync(join(project.path, 'env.yaml'), readFileSync(join(envyRoot(), 'env.example.yaml'), 'utf8'));
   });
   afterAll(async () => {
-    await cleanupHome();
+    await run(['down', '--rm']);
     project.remove();
   });
 

@@ -7,7 +7,7 @@
 import { createConnection, createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { envy, envyRoot, runAsUser, userTempDir, type RunResult } from '../harness.js';
+import { debianHome, envy, runAsUser, userTempDir, type RunResult } from '../harness.js';
 
 let project: { path: string; remove: () => void };
 let home: { path: string; remove: () => void };
@@ -60,7 +60,8 @@ function resp(commands: string[][], replies: number): Promise<string> {
 describe('Redis from Debian as a service', () => {
   beforeAll(async () => {
     project = userTempDir('envy-redis-');
-    home = userTempDir('envy-redis-home-');
+    // The run's shared home: the Debian base is bootstrapped once per run (harness.ts, debianHome).
+    home = { path: debianHome(), remove: () => {} };
     port = await freePort();
     const spec = [
       'name: redis',
@@ -78,8 +79,6 @@ describe('Redis from Debian as a service', () => {
   });
   afterAll(async () => {
     await run(['down', '--rm']);
-    await runAsUser(join(envyRoot(), 'dist/envy-ns'), ['userns', '--', 'rm', '-rf', home.path]);
-    home.remove();
     project.remove();
   });
 
