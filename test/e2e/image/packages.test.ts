@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse } from 'yaml';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { envy, runAsUser, userTempDir, type RunResult } from '../harness.js';
+import { debianHome, envy, runAsUser, userTempDir, type RunResult } from '../harness.js';
 
 let project: { path: string; remove: () => void };
 let home: { path: string; remove: () => void };
@@ -107,7 +107,8 @@ async function writeSpec(npm: string[]): Promise<void> {
 describe('npm and pip package steps against indexes on 127.0.0.1', () => {
   beforeAll(async () => {
     project = userTempDir('envy-packages-');
-    home = userTempDir('envy-packages-home-');
+    // The run's shared home: the Debian base and the .deb cache are made once per run (harness.ts).
+    home = { path: debianHome(), remove: () => {} };
     scratch = mkdtempSync(join(tmpdir(), 'envy-indexes-'));
     mkdirSync(scratch, { recursive: true });
     server = createServer((request, response) => {
@@ -129,7 +130,6 @@ describe('npm and pip package steps against indexes on 127.0.0.1', () => {
     server.closeAllConnections();
     await new Promise<void>((resolve) => server.close(() => resolve()));
     rmSync(scratch, { recursive: true, force: true });
-    home?.remove();
     project?.remove();
   });
 
