@@ -88,6 +88,9 @@ export function normalizeSpec(raw: Raw, index: NodeIndex, arch: Arch = hostArch(
     resources: {},
     backend: normalizeBackend(raw.backend, arch, problem),
   };
+  if (spec.workspace.sync === '9p' && spec.backend.type !== 'vm') {
+    problem(['workspace', 'sync'], '`9p` shares the project into a VM and needs `backend: vm`', 'use `bind` (the default) for this backend, or set `backend: vm`');
+  }
   const resources = raw.resources as Raw | undefined;
   if (resources?.memory !== undefined) spec.resources.memory = size(resources.memory as number | string, ['resources', 'memory'], problem);
   if (resources?.pids !== undefined) spec.resources.pids = resources.pids as number;

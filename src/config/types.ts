@@ -55,7 +55,8 @@ export interface UserSpec {
 export interface WorkspaceSpec {
   /** Absolute path inside the environment where the project dir appears. */
   path: string;
-  sync: 'bind' | 'watch';
+  /** `9p`: a VM's live virtio-9p share of the project (backend: vm only). */
+  sync: 'bind' | 'watch' | '9p';
   /** Sync direction when sync is `watch` (or the VM backend syncs). */
   direction: 'one-way' | 'two-way';
   /** Extra ignore patterns (gitignore syntax) for sync. */

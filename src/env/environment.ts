@@ -32,7 +32,7 @@ import { ENVY_DIR_INSIDE, PROFILE_INSIDE, prepareInsideDir, shellEnv } from './a
 import { buildProject } from './build.js';
 import { LogFollower, logMaxBytes, rotateFiles } from './service-log.js';
 import { applyServices, clearServices, hooksLogPath, readServicesRequest, serviceDigest, servicesReport, stopServices, supervisorOwner, type ServiceStatus } from './services.js';
-import { flushWorkspaceSync, startWorkspaceSync, stopWorkspaceSync, syncSettings, workspaceSyncPaths } from './workspace-sync.js';
+import { flushWorkspaceSync, startWorkspaceSync, stopWorkspaceSync, syncSettings, usesWorkspaceSync, workspaceSyncPaths } from './workspace-sync.js';
 
 export const STOP_GRACE_MS = 10_000;
 
@@ -64,8 +64,13 @@ export function environmentConfig(id: string, spec: EnvSpec, projectDir: string,
   const mounts: MountRequest[] = [];
   if (image.config.labels?.[HOST_BASE_LABEL]) mounts.push({ type: 'bind', source: '/usr', target: '/usr', readonly: true });
   // `sync: watch`: the environment sees a private copy that envy __sync keeps in step (workspace-sync.ts).
-  const workspaceSource = spec.workspace.sync === 'watch' ? workspaceSyncPaths(id).copy : projectDir;
-  mounts.push({ type: 'bind', source: workspaceSource, target: spec.workspace.path });
+  // A VM cannot bind: envy __sync keeps the guest's copy in step, or the project is shared with 9p.
+  if (spec.backend.type === 'vm') {
+    mounts.push({ type: 'bind', source: projectDir, target: spec.workspace.path, vm: spec.workspace.sync === '9p' ? '9p' : 'sync' });
+  } else {
+    const workspaceSource = spec.workspace.sync === 'watch' ? workspaceSyncPaths(id).copy : projectDir;
+    mounts.push({ type: 'bind', source: workspaceSource, target: spec.workspace.path });
+  }
   for (const mount of spec.mounts) {
     if (mount.type === 'volume') {
       const source = join(paths.volumes, mount.name);
@@ -243,18 +248,29 @@ export async function up(project: Project, options: { frozen: boolean; reporter:
       created,
       exec: { identity: build.identity, workdir: spec.workdir, env: processEnv(image, build.identity, false), resources: spec.resources },
     };
-    if (spec.workspace.sync === 'watch') record.sync = syncSettings(source.dir, spec.workspace);
+    if (usesWorkspaceSync(spec)) record.sync = syncSettings(source.dir, spec.workspace, spec.backend.type);
     const specStat = currentSpecStat(source.file, source.digest);
     if (specStat) record.specStat = specStat;
     writeRecord(record);
     await build.store.setRefs(id, [image.key]);
-    if (record.sync) {
+    if (record.sync && !record.sync.guest) {
       // The environment starts on a complete copy: hooks and the first shell see the sources.
       options.reporter.report({ type: 'message', text: `syncing ${source.dir} into the environment (workspace.sync: watch, ${record.sync.direction})` });
       await startWorkspaceSync(id);
       await flushWorkspaceSync(id);
     }
     await runtime.start(config);
+    if (record.sync?.guest) {
+      // A VM's copy lives in the guest: synced once it answers, before the hooks and the first shell.
+      const { runningVmState } = await import('../runtime/vm/channel.js');
+      if (runningVmState(id)?.channel === 'agent') {
+        options.reporter.report({ type: 'message', text: `syncing ${source.dir} into the VM at ${record.sync.guest} (${record.sync.direction})` });
+        await startWorkspaceSync(id);
+        await flushWorkspaceSync(id);
+      } else {
+        notes.push(`the VM runs without envy's guest agent: ${record.sync.guest} is not synced`);
+      }
+    }
     const prepared: PreparedEnvironment = { record, config, image, identity: build.identity, spec };
     if (!record.created) {
       await runHooks(prepared, runtime, 'onCreate', spec.hooks.onCreate, { log: true });
@@ -361,6 +377,8 @@ export async function down(project: Project, options: { remove: boolean; runtime
     const wasRunning = (await runtime.status(config)).state === 'running';
     // Services first, in reverse order with their own grace; whatever is left dies with the environment.
     await stopServices(id);
+    // A VM's sync talks to an agent in the guest: stop it before the guest goes, not after it failed.
+    if (record.sync?.guest) await stopWorkspaceSync(id);
     if (wasRunning) await runtime.stop(config, STOP_GRACE_MS);
     await stopWorkspaceSync(id);
     if (!options.remove) return { id, wasRunning, removed: false };

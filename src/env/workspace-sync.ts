@@ -21,7 +21,9 @@ import { packageRoot } from '../package-root.js';
 import { writeFileAtomic } from '../state/atomic.js';
 import { environmentPaths, readRecord, type EnvironmentRecord } from '../state/environments.js';
 import { acquireLock, isAlive, terminateOwner, type LockOwner } from '../state/lock.js';
+import type { BackendSpec, EnvSpec, WorkspaceSpec } from '../config/types.js';
 import type { SyncStatus } from '../sync/engine.js';
+import type { SyncTransport } from '../sync/transport.js';
 
 export interface WorkspaceSyncPaths {
   /** The private copy the environment sees at workspace.path. */
@@ -132,7 +134,10 @@ export async function flushWorkspaceSync(id: string, options: { timeoutMs?: numb
     process.kill(owner.pid, 'SIGUSR1');
     const deadline = Date.now() + (options.timeoutMs ?? Infinity);
     while (existsSync(request)) {
-      if (!isAlive(owner)) throw new EnvyError('STATE', `the workspace sync process of ${id} exited before the flush finished`, { hint: `its log: ${paths.log}` });
+      if (!isAlive(owner)) {
+        const why = syncReport(id).lastError;
+        throw new EnvyError('STATE', `the workspace sync process of ${id} exited before the flush finished${why ? `: ${why}` : ''}`, { hint: `its log: ${paths.log}` });
+      }
       if (Date.now() > deadline) throw new EnvyError('BUSY', `the workspace sync of ${id} did not finish within ${options.timeoutMs} ms`, { hint: `envy sync shows what it is doing; its log: ${paths.log}` });
       await new Promise((resolve) => setTimeout(resolve, 10));
     }
@@ -168,13 +173,26 @@ export async function runWorkspaceSync(id: string): Promise<number> {
   const log = (line: string): void => {
     process.stderr.write(`${new Date().toISOString()} ${line}\n`);
   };
+  // A flush request can come while the target is still being reached (a VM's sync agent is started
+  // first): SIGUSR1 would end the process by default. Requests are served after the initial sync.
+  const early = (): void => undefined;
+  process.on('SIGUSR1', early);
   const { SyncEngine, LocalTransport } = await import('../sync/index.js');
+  let target: SyncSide;
+  try {
+    target = record.sync.guest ? await guestSide(id, record, record.sync.guest, log) : await localSide(id, record, paths.copy);
+  } catch (error) {
+    log(`error: ${(error as Error).message}`);
+    writeFileAtomic(paths.status, `${JSON.stringify({ state: 'stopped', pending: 0, conflicts: [], lastError: (error as Error).message, updatedAt: new Date().toISOString() })}\n`);
+    lock.release();
+    return 1;
+  }
   const engine = new SyncEngine({
     source: new LocalTransport(record.sync.source),
-    target: new LocalTransport(paths.copy),
+    target: target.transport,
     direction: record.sync.direction,
     ignore: record.sync.ignore,
-    stateDir: paths.state,
+    stateDir: target.stateDir,
   });
   let lastWrite = 0;
   let writeTimer: NodeJS.Timeout | undefined;
@@ -206,8 +224,9 @@ export async function runWorkspaceSync(id: string): Promise<number> {
   const stop = (why: string): Promise<void> =>
     (stopping ??= (async () => {
       log(`stopping: ${why}`);
-      clearInterval(liveness);
+      stopWatching();
       await engine.stop().catch((error: Error) => log(`error while stopping: ${error.message}`));
+      target.close();
       if (writeTimer) clearTimeout(writeTimer);
       writeFileAtomic(paths.status, `${JSON.stringify({ ...engine.status(), updatedAt: new Date().toISOString() })}\n`);
       lock.release();
@@ -239,6 +258,7 @@ export async function runWorkspaceSync(id: string): Promise<number> {
   };
 
   // Requests made before the engine started are served once the initial sync is done.
+  process.removeListener('SIGUSR1', early);
   process.on('SIGUSR1', () => {
     if (engine.status().state !== 'starting' && engine.status().state !== 'stopped') void serveFlushes();
   });
@@ -246,30 +266,9 @@ export async function runWorkspaceSync(id: string): Promise<number> {
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGHUP', () => void stop('SIGHUP'));
 
-  // The environment's init is checked every second. `up` starts this process just before the
-  // environment, so "not running" alone means nothing at first: it counts once the environment has
-  // been seen running, or once its pid file is newer than this process (it started and died between
-  // two checks), or after a minute in which it never came up.
-  const startedAt = Date.now();
-  let seenRunning = false;
-  const { NamespaceRuntime } = await import('../runtime/namespace/runtime.js');
-  const { pidFile } = await import('../runtime/namespace/state.js');
-  const runtime = new NamespaceRuntime();
-  const startedSinceUs = (): boolean => {
-    try {
-      return statSync(pidFile(id)).mtimeMs >= startedAt;
-    } catch {
-      return false;
-    }
-  };
-  const liveness = setInterval(() => {
-    void runtime.status({ id, hostname: record.name, rootfs: { layers: [] }, mounts: [], network: 'host', resources: {} }).then((status) => {
-      if (status.state === 'running') seenRunning = true;
-      else if (seenRunning || startedSinceUs() || Date.now() - startedAt > 60_000) void stop('the environment is not running');
-    });
-  }, 1_000);
+  const stopWatching = target.watchGone((why) => void stop(why));
 
-  log(`syncing ${record.sync.source} -> ${paths.copy} (${record.sync.direction})`);
+  log(`syncing ${record.sync.source} -> ${target.transport.description} (${record.sync.direction})`);
   try {
     await engine.start();
   } catch (error) {
@@ -284,8 +283,94 @@ export async function runWorkspaceSync(id: string): Promise<number> {
   return 0;
 }
 
+/** The environment's side of the sync: where the files go, and how to tell that the environment is gone. */
+interface SyncSide {
+  transport: SyncTransport;
+  /** The engine's persisted state for this pair. */
+  stateDir: string;
+  /** Call `onGone` once the environment is gone; returns a function that stops looking. */
+  watchGone(onGone: (why: string) => void): () => void;
+  close(): void;
+}
+
+/**
+ * A namespace environment: the private copy. Its init is checked every second. `up` starts this
+ * process just before the environment, so "not running" alone means nothing at first: it counts once
+ * the environment has been seen running, or once its pid file is newer than this process (it started
+ * and died between two checks), or after a minute in which it never came up.
+ */
+async function localSide(id: string, record: EnvironmentRecord, copy: string): Promise<SyncSide> {
+  const { LocalTransport } = await import('../sync/index.js');
+  const { NamespaceRuntime } = await import('../runtime/namespace/runtime.js');
+  const { pidFile } = await import('../runtime/namespace/state.js');
+  const runtime = new NamespaceRuntime();
+  return {
+    transport: new LocalTransport(copy),
+    stateDir: workspaceSyncPaths(id).state,
+    watchGone(onGone) {
+      const startedAt = Date.now();
+      let seenRunning = false;
+      const startedSinceUs = (): boolean => {
+        try {
+          return statSync(pidFile(id)).mtimeMs >= startedAt;
+        } catch {
+          return false;
+        }
+      };
+      const timer = setInterval(() => {
+        void runtime.status({ id, hostname: record.name, rootfs: { layers: [] }, mounts: [], network: 'host', resources: {} }).then((status) => {
+          if (status.state === 'running') seenRunning = true;
+          else if (seenRunning || startedSinceUs() || Date.now() - startedAt > 60_000) onGone('the environment is not running');
+        });
+      }, 1_000);
+      return () => clearInterval(timer);
+    },
+    close: () => undefined,
+  };
+}
+
+/**
+ * A VM: the guest directory, over the sync agent's own port (runtime/vm/guest-sync.ts). `up` starts
+ * this process once the VM answers, so a VM that is not running means it is gone. The agreed state
+ * of two-way sync is kept per VM disk: a fresh disk starts a fresh agreement, never a mass deletion.
+ */
+async function guestSide(id: string, record: EnvironmentRecord, guestPath: string, log: (line: string) => void): Promise<SyncSide> {
+  const [{ connectGuestSync, guestDiskIdentity }, { runningVmState }, { AgentTransport }] = await Promise.all([
+    import('../runtime/vm/guest-sync.js'),
+    import('../runtime/vm/channel.js'),
+    import('../runtime/vm/agent-transport.js'),
+  ]);
+  const identity = record.exec?.identity;
+  if (!identity) throw new EnvyError('STATE', `environment ${id} has no recorded user to sync as`, { hint: 'run envy up again' });
+  const client = await connectGuestSync(id, identity, log);
+  const base = workspaceSyncPaths(id).state;
+  const disk = `vm-${guestDiskIdentity(id)}`;
+  // Agreements with disks that are gone are worthless: drop them.
+  for (const name of existsSync(base) ? readdirSync(base) : []) if (name !== disk) rmSync(join(base, name), { recursive: true, force: true });
+  return {
+    transport: new AgentTransport(client, guestPath, record.name),
+    stateDir: join(base, disk),
+    watchGone(onGone) {
+      client.onClose(() => onGone(runningVmState(id) ? 'the connection to the sync agent in the VM closed' : 'the VM is not running'));
+      const timer = setInterval(() => {
+        if (!runningVmState(id)) onGone('the VM is not running');
+      }, 1_000);
+      return () => clearInterval(timer);
+    },
+    close: () => client.close(),
+  };
+}
+
 /** The record's description of a watch-synced workspace. */
-export function syncSettings(projectDir: string, workspace: { direction: 'one-way' | 'two-way'; ignore: string[] }): NonNullable<EnvironmentRecord['sync']> {
-  return { source: projectDir, direction: workspace.direction, ignore: workspace.ignore };
+export function syncSettings(projectDir: string, workspace: WorkspaceSpec, backend: BackendSpec['type']): NonNullable<EnvironmentRecord['sync']> {
+  return { source: projectDir, direction: workspace.direction, ignore: workspace.ignore, ...(backend === 'vm' ? { guest: workspace.path } : {}) };
+}
+
+/**
+ * Whether the workspace is synced by `envy __sync`: `watch` on the namespace backend; on a VM, which
+ * cannot bind-mount, everything but a 9p share.
+ */
+export function usesWorkspaceSync(spec: Pick<EnvSpec, 'workspace' | 'backend'>): boolean {
+  return spec.backend.type === 'vm' ? spec.workspace.sync !== '9p' : spec.workspace.sync === 'watch';
 }
 

@@ -13,6 +13,12 @@ export interface MountRequest {
   readonly?: boolean;
   /** tmpfs size in bytes. */
   size?: number;
+  /**
+   * How a VM (which cannot bind-mount) gets a bind's contents. Unset: copied in at boot. `sync`: the
+   * workspace sync process keeps the guest's copy live (the runtime only makes the mount point, the
+   * env user's). `9p`: shared live with virtio-9p and mounted at boot. The namespace runtime binds.
+   */
+  vm?: 'sync' | '9p';
 }
 
 export interface Identity {

@@ -41,11 +41,15 @@ export interface EnvironmentRecord {
     env: Record<string, string>;
     resources: { memory?: number; pids?: number; cpus?: number };
   };
-  /** `workspace.sync: watch`: the environment sees a private copy of `source`, kept in step by `envy __sync`. */
+  /**
+   * A synced workspace, kept in step by `envy __sync`: `workspace.sync: watch` (the environment sees a
+   * private copy of `source`), or a VM's workspace (`guest`: the guest directory, synced over the agent).
+   */
   sync?: {
     source: string;
     direction: 'one-way' | 'two-way';
     ignore: string[];
+    guest?: string;
   };
 }
 

@@ -10,8 +10,8 @@
  * the check and the use remains possible; the check narrows that window to microseconds.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { constants, existsSync, type Stats } from 'node:fs';
-import { chmod, copyFile, lstat, lutimes, type FileHandle, mkdir, open, readdir, readlink, rename, rm, symlink, unlink } from 'node:fs/promises';
+import { closeSync, constants, copyFileSync, existsSync, fstatSync, lstatSync, lutimesSync, openSync, readlinkSync, renameSync, rmSync, type Stats } from 'node:fs';
+import { chmod, copyFile, lstat, type FileHandle, mkdir, open, readdir, readlink, rename, rm, symlink, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { EnvyError } from '../errors.js';
@@ -29,6 +29,8 @@ import { watchTree } from './watcher.js';
 
 const READ_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW;
 const CREATE_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+/** Files at least this large are copied in the thread pool; smaller ones take less than the round trip. */
+const ASYNC_COPY_BYTES = 256 * 1024;
 /** The fast copy path reads through /proc/self/fd; without /proc the engine streams instead. */
 const PROC_FD_AVAILABLE = existsSync('/proc/self/fd');
 
@@ -91,13 +93,10 @@ export class LocalTransport implements SyncTransport {
     let current = this.root;
     for (let i = 0; i < parts.length - 1; i++) {
       current = join(current, parts[i]!);
-      let stats: Stats;
-      try {
-        stats = await lstat(current);
-      } catch (error) {
-        if (isMissing(error)) break;
-        throw error;
-      }
+      // Synchronous: an lstat of a cached inode takes microseconds, far less than the promise round
+      // trip through the thread pool, which made the main thread the bottleneck of the initial copy.
+      const stats = lstatSync(current, { throwIfNoEntry: false });
+      if (!stats) break;
       if (stats.isSymbolicLink()) {
         throw new EnvyError('RUNTIME', `sync: refusing "${path}" in ${this.root}: "${parts.slice(0, i + 1).join('/')}" is a symlink`, {
           hint: 'sync never follows symlinks; replace the link with a directory if the files should sync',
@@ -129,21 +128,21 @@ export class LocalTransport implements SyncTransport {
       if (isMissing(error)) return [];
       throw error;
     }
-    const entries = await Promise.all(
-      names.map(async (name): Promise<DirEntry | null> => {
-        const child = join(abs, name);
-        try {
-          const stats = await lstat(child);
-          if (!stats.isFile() && !stats.isDirectory() && !stats.isSymbolicLink()) return null; // sockets, fifos, devices
-          const info = infoFromStats(stats, stats.isSymbolicLink() ? await readlink(child) : undefined);
-          return { name, ...info };
-        } catch (error) {
-          if (isMissing(error)) return null;
-          throw error;
-        }
-      }),
-    );
-    return entries.filter((e): e is DirEntry => e !== null);
+    // Synchronous lstats (see resolve): one per child, the bulk of a scan's system calls.
+    const entries: DirEntry[] = [];
+    for (const name of names) {
+      const child = join(abs, name);
+      try {
+        const stats = lstatSync(child, { throwIfNoEntry: false });
+        if (!stats) continue;
+        if (!stats.isFile() && !stats.isDirectory() && !stats.isSymbolicLink()) continue; // sockets, fifos, devices
+        entries.push({ name, ...infoFromStats(stats, stats.isSymbolicLink() ? readlinkSync(child) : undefined) });
+      } catch (error) {
+        if (isMissing(error)) continue;
+        throw error;
+      }
+    }
+    return entries;
   }
 
   async hash(path: string): Promise<string> {
@@ -233,29 +232,35 @@ export class LocalTransport implements SyncTransport {
    */
   async copyFrom(from: SyncTransport, path: string, options: WriteOptions): Promise<EntryInfo | null> {
     if (!(from instanceof LocalTransport) || !PROC_FD_AVAILABLE) return null;
-    const source = await open(await from.resolve(path), READ_FLAGS | constants.O_NONBLOCK);
-    const abs = await this.resolve(path);
-    const temp = this.tempPathFor(abs);
+    // The metadata calls are synchronous (see resolve); only copying the bytes of a large file goes to
+    // the thread pool, where it runs beside the main thread's work on the next files.
+    const fd = openSync(await from.resolve(path), READ_FLAGS | constants.O_NONBLOCK);
+    let temp: string | undefined;
     let info: EntryInfo;
     try {
-      const stats = await source.stat();
+      const stats = fstatSync(fd);
       if (!stats.isFile()) {
         // Reported as vanished: the engine then looks at the path again and finds what is there now.
         throw Object.assign(new Error(`sync: ${path} in ${from.root} is no longer a regular file`), { code: 'ENOENT' });
       }
-      await copyFile(`/proc/self/fd/${source.fd}`, temp, constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE);
-      await lutimes(temp, utimeSeconds(options.mtimeMs), utimeSeconds(options.mtimeMs));
-      await rename(temp, abs);
+      const abs = await this.resolve(path);
+      temp = this.tempPathFor(abs);
+      const flags = constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE;
+      if (stats.size >= ASYNC_COPY_BYTES) await copyFile(`/proc/self/fd/${fd}`, temp, flags);
+      else copyFileSync(`/proc/self/fd/${fd}`, temp, flags);
+      lutimesSync(temp, utimeSeconds(options.mtimeMs), utimeSeconds(options.mtimeMs));
+      renameSync(temp, abs);
       // What was written: copyFile copies the whole open file and gives it that file's mode; the time is ours.
       info = { type: 'file', mode: stats.mode & 0o7777, size: stats.size, mtimeMs: options.mtimeMs };
     } catch (error) {
-      await unlink(temp).catch(() => undefined);
+      if (temp) rmSync(temp, { force: true });
       throw error;
     } finally {
-      await source.close();
+      closeSync(fd);
     }
     return info;
   }
+
 
   async mkdir(path: string, mode: number): Promise<void> {
     const abs = await this.resolve(path);

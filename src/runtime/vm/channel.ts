@@ -39,6 +39,8 @@ export interface VmPaths {
   state: string;
   initrd: string;
   agentSocket: string;
+  /** qemu's end of the sync agent's port (envy.1). */
+  syncSocket: string;
   qmpSocket: string;
   qemuPid: string;
   qemuLog: string;
@@ -57,6 +59,7 @@ export function vmPaths(id: string): VmPaths {
     state: join(env.run, 'vm.json'),
     initrd: join(env.run, 'initramfs.cpio'),
     agentSocket: join(env.run, 'agent.sock'),
+    syncSocket: join(env.run, 'sync.sock'),
     qmpSocket: join(env.run, 'qmp.sock'),
     qemuPid: join(env.run, 'qemu.pid'),
     qemuLog: join(env.logs, 'qemu.log'),

@@ -12,6 +12,10 @@ import { join } from 'node:path';
 import { hostArch } from '../../config/normalize.js';
 import type { Arch, PortSpec } from '../../config/types.js';
 import { stateDir } from '../../state/paths.js';
+import { ninepQemuArgs, type NinepShare } from './shares.js';
+
+/** The virtio-serial port of the workspace sync's agent (the control agent's is envy.0). */
+export const SYNC_PORT_NAME = 'envy.1';
 
 export type Accel = 'kvm' | 'tcg';
 
@@ -61,6 +65,10 @@ export interface QemuPlan {
   ports: PortSpec[];
   /** A virtio network card on qemu's user network (for `ports` and outbound traffic). */
   network: boolean;
+  /** A second agent port, `envy.1`, for the workspace sync (shares.ts). */
+  syncSocket?: string;
+  /** Host directories shared with virtio-9p (shares.ts). */
+  shares?: NinepShare[];
 }
 
 export function qemuBinary(arch: Arch): string {
@@ -112,6 +120,8 @@ export function qemuArgs(plan: QemuPlan): string[] {
     `socket,id=agent0,path=${plan.agentSocket},server=on,wait=off`,
     '-device',
     'virtserialport,chardev=agent0,name=envy.0',
+    ...(plan.syncSocket ? ['-chardev', `socket,id=sync0,path=${plan.syncSocket},server=on,wait=off`, '-device', `virtserialport,chardev=sync0,name=${SYNC_PORT_NAME}`] : []),
+    ...ninepQemuArgs(plan.shares ?? []),
     ...(plan.network ? ['-netdev', `user,id=net0${forwards}`, '-device', 'virtio-net-pci,netdev=net0'] : []),
     '-qmp',
     `unix:${plan.qmpSocket},server=on,wait=off`,

@@ -27,6 +27,7 @@ import { ShellChannel } from './shell-channel.js';
 import { buildInitramfs } from './initramfs.js';
 import { prepareVmImage, type VmImage } from './image.js';
 import { chooseAccel, kvmBrokenMarker, qemuArgs, qemuBinary, type Accel } from './qemu.js';
+import { ninepModules, ninepShares, shareSetupLines } from './shares.js';
 import { requireProgram } from './tools.js';
 
 export { vmPaths, type VmPaths, type VmState } from './channel.js';
@@ -153,7 +154,7 @@ export class VmRuntime implements Runtime {
         buildInitramfs({
           init: binaries.init,
           ...(binaries.agent ? { agent: binaries.agent } : {}),
-          modules: image.modules,
+          modules: [...image.modules, ...ninepModules(config, image, boot.image.layers.map((l) => boot.store.layerRoot(l.diffId)).reverse())],
           // qemu user networking's fixed addresses; `network: none` gets no network card at all.
           ...(config.network === 'none' ? {} : { net: { address: '10.0.2.15/24', gateway: '10.0.2.2' } }),
         }),
@@ -213,7 +214,7 @@ export class VmRuntime implements Runtime {
 
   private async bootOnce(config: EnvironmentConfig, boot: VmBoot, image: VmImage, accel: Accel, channel: VmState['channel']): Promise<RuntimeStatus> {
     const paths = vmPaths(config.id);
-    for (const path of [paths.agentSocket, paths.qmpSocket, paths.qemuPid, paths.state]) rmSync(path, { force: true });
+    for (const path of [paths.agentSocket, paths.syncSocket, paths.qmpSocket, paths.qemuPid, paths.state]) rmSync(path, { force: true });
     if (Buffer.byteLength(paths.qmpSocket) > MAX_SOCKET_PATH || Buffer.byteLength(paths.agentSocket) > MAX_SOCKET_PATH) {
       throw new EnvyError('HOST', `the VM's socket path ${paths.agentSocket} is longer than a unix socket allows (${MAX_SOCKET_PATH} bytes)`, {
         hint: 'use a shorter environment name, or point ENVY_HOME at a shorter directory',
@@ -234,6 +235,8 @@ export class VmRuntime implements Runtime {
       pidFile: paths.qemuPid,
       ports: boot.ports,
       network: config.network !== 'none',
+      syncSocket: paths.syncSocket,
+      shares: ninepShares(config),
     });
     writeFileSync(paths.serialLog, `--- envy: boot at ${new Date().toISOString()} (${accel}) ---\n`, { flag: 'a' });
     const log = openSync(paths.qemuLog, 'w');
@@ -311,6 +314,7 @@ export class VmRuntime implements Runtime {
     // Mount points of the namespace backend (the workspace among them) exist as directories, so a
     // process can start in them; their contents reach a VM only through sync (docs/vm.md).
     for (const mount of config.mounts) lines.push(`mkdir -p ${quote(mount.target)}`);
+    lines.push(...shareSetupLines(config));
     let output = '';
     const code = await this.runCaptured(state, ['/bin/sh', '-c', lines.join('; ')], (text) => (output += text), 30_000);
     if (code !== 0) throw new EnvyError('RUNTIME', `setting up the VM ${config.id} failed (exit ${code ?? 'timeout'})`, { details: output.trim().split('\n').slice(-10) });
@@ -319,11 +323,13 @@ export class VmRuntime implements Runtime {
   /**
    * The writable bind mounts (the workspace, volumes, binds from env.yaml) copied into the guest at
    * boot: a one-shot, one-way sync over the agent (changed files only after the first boot); returns
-   * the guest paths, which provision() hands to the env user. Live two-way sync while the VM runs is not wired yet (docs/vm.md).
+   * the guest paths, which provision() hands to the env user. The workspace is not among them: it is
+   * kept live by the workspace sync process, or shared with 9p (shares.ts).
    * Read-only binds (a host base's /usr) have no meaning in a VM with its own /usr and are skipped.
    */
   private async copyIn(config: EnvironmentConfig, state: VmState): Promise<string[]> {
-    const binds = config.mounts.filter((m) => m.type === 'bind' && m.source && !m.readonly);
+    // A mount the sync process keeps live, or a 9p share, is not copied (shares.ts).
+    const binds = config.mounts.filter((m) => m.type === 'bind' && m.source && !m.readonly && !m.vm);
     if (binds.length === 0) return [];
     const [{ SyncEngine }, { LocalTransport }, { AgentTransport }] = await Promise.all([
       import('../../sync/engine.js'),

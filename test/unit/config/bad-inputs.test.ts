@@ -79,6 +79,7 @@ const cases: BadCase[] = [
   { what: 'a backend of the wrong type', yaml: MINIMAL + 'backend: 3\n', at: '3:10', message: 'backend: expected a string or a mapping, got 3' },
   { what: 'a bad VM architecture', yaml: MINIMAL + 'backend: {type: vm, arch: mips}\n', at: '3:27', message: 'backend.arch: expected one of x86_64, aarch64, amd64, arm64; got "mips"' },
   { what: 'a kernel file instead of a version', yaml: MINIMAL + 'backend: {type: vm, kernel: vm/vmlinux}\n', at: '3:29', message: 'backend.kernel: expected a Debian kernel version like 6.1.0-18 (kernel files from the project are not supported yet); got "vm/vmlinux"' },
+  { what: 'a 9p workspace without a VM', yaml: MINIMAL + 'workspace:\n  sync: 9p\n', at: '4:9', message: 'workspace.sync: `9p` shares the project into a VM and needs `backend: vm`', hint: 'backend: vm' },
   { what: 'VM options on the namespace backend', yaml: MINIMAL + 'backend:\n  type: namespace\n  cpus: 4\n', at: '5:3', message: 'backend.cpus: only applies to `type: vm`' },
   { what: 'a decimal file mode', yaml: MINIMAL + 'files:\n  - {src: a, dest: /a, mode: 0955}\n', at: '4:30', message: 'files[0].mode: expected octal permission bits like 0755; got 0955' },
   { what: 'a negative uid', yaml: MINIMAL + 'user: {uid: -1}\n', at: '3:13', message: 'user.uid: must be at least 0; got -1' },
