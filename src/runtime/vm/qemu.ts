@@ -54,7 +54,8 @@ export interface QemuPlan {
   memory: number;
   cpus: number;
   hostname: string;
-  agentSocket: string;
+  /** One socket per agent port, envy.0 first. */
+  agentSockets: string[];
   qmpSocket: string;
   serialLog: string;
   pidFile: string;
@@ -108,10 +109,12 @@ export function qemuArgs(plan: QemuPlan): string[] {
     'virtio-blk-pci,drive=disk0',
     '-device',
     'virtio-serial-pci',
-    '-chardev',
-    `socket,id=agent0,path=${plan.agentSocket},server=on,wait=off`,
-    '-device',
-    'virtserialport,chardev=agent0,name=envy.0',
+    ...plan.agentSockets.flatMap((socket, index) => [
+      '-chardev',
+      `socket,id=agent${index},path=${socket},server=on,wait=off`,
+      '-device',
+      `virtserialport,chardev=agent${index},name=envy.${index}`,
+    ]),
     ...(plan.network ? ['-netdev', `user,id=net0${forwards}`, '-device', 'virtio-net-pci,netdev=net0'] : []),
     '-qmp',
     `unix:${plan.qmpSocket},server=on,wait=off`,

@@ -22,7 +22,7 @@ import { acquireLock, processStartTime } from '../../state/lock.js';
 import { stateDir } from '../../state/paths.js';
 import type { EnvironmentConfig, Identity, ProcessSpec, Runtime, RuntimeStatus } from '../types.js';
 import { AgentClient } from './agent-client.js';
-import { alive, execInVm, readState, vmPaths, type VmState } from './channel.js';
+import { AGENT_PORTS, agentSocketAt, alive, connectAgent, execInVm, readState, vmPaths, type VmState } from './channel.js';
 import { ShellChannel } from './shell-channel.js';
 import { buildInitramfs } from './initramfs.js';
 import { prepareVmImage, type VmImage } from './image.js';
@@ -152,7 +152,7 @@ export class VmRuntime implements Runtime {
         paths.initrd,
         buildInitramfs({
           init: binaries.init,
-          ...(binaries.agent ? { agent: binaries.agent } : {}),
+          ...(binaries.agent ? { agent: binaries.agent, agentPorts: AGENT_PORTS } : {}),
           modules: image.modules,
           // qemu user networking's fixed addresses; `network: none` gets no network card at all.
           ...(config.network === 'none' ? {} : { net: { address: '10.0.2.15/24', gateway: '10.0.2.2' } }),
@@ -213,8 +213,10 @@ export class VmRuntime implements Runtime {
 
   private async bootOnce(config: EnvironmentConfig, boot: VmBoot, image: VmImage, accel: Accel, channel: VmState['channel']): Promise<RuntimeStatus> {
     const paths = vmPaths(config.id);
-    for (const path of [paths.agentSocket, paths.qmpSocket, paths.qemuPid, paths.state]) rmSync(path, { force: true });
-    if (Buffer.byteLength(paths.qmpSocket) > MAX_SOCKET_PATH || Buffer.byteLength(paths.agentSocket) > MAX_SOCKET_PATH) {
+    const ports = channel === 'agent' ? AGENT_PORTS : 1;
+    const agentSockets = Array.from({ length: ports }, (_, index) => agentSocketAt(paths.agentSocket, index));
+    for (const path of [...agentSockets, paths.qmpSocket, paths.qemuPid, paths.state]) rmSync(path, { force: true });
+    if ([paths.qmpSocket, ...agentSockets].some((socket) => Buffer.byteLength(socket) > MAX_SOCKET_PATH)) {
       throw new EnvyError('HOST', `the VM's socket path ${paths.agentSocket} is longer than a unix socket allows (${MAX_SOCKET_PATH} bytes)`, {
         hint: 'use a shorter environment name, or point ENVY_HOME at a shorter directory',
       });
@@ -228,7 +230,7 @@ export class VmRuntime implements Runtime {
       memory: boot.memory,
       cpus: boot.cpus,
       hostname: config.hostname,
-      agentSocket: paths.agentSocket,
+      agentSockets,
       qmpSocket: paths.qmpSocket,
       serialLog: paths.serialLog,
       pidFile: paths.qemuPid,
@@ -257,6 +259,7 @@ export class VmRuntime implements Runtime {
       imageKey: image.key,
       startedAt: new Date().toISOString(),
       agentSocket: paths.agentSocket,
+      agentPorts: ports,
       channel,
     };
     writeFileAtomic(paths.state, `${JSON.stringify(state)}\n`);
@@ -268,7 +271,9 @@ export class VmRuntime implements Runtime {
     process.once('SIGINT', abort);
     process.once('SIGTERM', abort);
     try {
-      await this.waitReady(config.id, pid, state.startTime, accel, channel);
+      // The knock goes to the last port, so the first exec's connection to envy.0 never follows a
+      // disconnect the guest may not have seen yet.
+      await this.waitReady(config.id, pid, state.startTime, accel, channel, agentSockets.at(-1)!);
       // Copy first: the one provisioning exec then also hands the copies to the env user (an exec
       // under TCG costs a few hundred ms).
       const copied = channel === 'agent' ? await this.copyIn(config, state) : [];
@@ -312,7 +317,7 @@ export class VmRuntime implements Runtime {
     // process can start in them; their contents reach a VM only through sync (docs/vm.md).
     for (const mount of config.mounts) lines.push(`mkdir -p ${quote(mount.target)}`);
     let output = '';
-    const code = await this.runCaptured(state, ['/bin/sh', '-c', lines.join('; ')], (text) => (output += text), 30_000);
+    const code = await this.runCaptured(config.id, state, ['/bin/sh', '-c', lines.join('; ')], (text) => (output += text), 30_000);
     if (code !== 0) throw new EnvyError('RUNTIME', `setting up the VM ${config.id} failed (exit ${code ?? 'timeout'})`, { details: output.trim().split('\n').slice(-10) });
   }
 
@@ -330,7 +335,7 @@ export class VmRuntime implements Runtime {
       import('../../sync/local-transport.js'),
       import('./agent-transport.js'),
     ]);
-    const client = await AgentClient.connect(state.agentSocket, { timeoutMs: 10_000, retryMs: 20 });
+    const client = await connectAgent(config.id, state, { purpose: `copy the workspace into VM ${config.id}` });
     try {
       for (const mount of binds) {
         const engine = new SyncEngine({ source: new LocalTransport(mount.source!), target: new AgentTransport(client, mount.target, config.id), direction: 'one-way', watch: false });
@@ -347,9 +352,9 @@ export class VmRuntime implements Runtime {
   }
 
   /** Run a command as root in the guest and collect its output (stdout and stderr together). */
-  private async runCaptured(state: VmState, argv: string[], onOutput: (text: string) => void, timeoutMs: number): Promise<number | undefined> {
+  private async runCaptured(id: string, state: VmState, argv: string[], onOutput: (text: string) => void, timeoutMs: number): Promise<number | undefined> {
     if (state.channel === 'agent') {
-      const client = await AgentClient.connect(state.agentSocket, { timeoutMs: 10_000, retryMs: 20 });
+      const client = await connectAgent(id, state, { purpose: `set up VM ${id}` });
       try {
         const exec = client.exec({ argv, env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' }, cwd: '/', uid: 0, gid: 0 });
         exec.stdin.end();
@@ -377,7 +382,7 @@ export class VmRuntime implements Runtime {
   /** Milliseconds from spawning qemu to the guest's first answer, for the last boot. */
   lastBootMs: number | undefined;
 
-  private async waitReady(id: string, pid: number, startTime: string, accel: Accel, channel: VmState['channel']): Promise<void> {
+  private async waitReady(id: string, pid: number, startTime: string, accel: Accel, channel: VmState['channel'], socket: string): Promise<void> {
     const paths = vmPaths(id);
     const deadline = Date.now() + BOOT_TIMEOUT_MS[accel];
     const died = (): BootFailure => {
@@ -394,11 +399,11 @@ export class VmRuntime implements Runtime {
       if (!alive(pid, startTime)) throw died();
       // A KVM that fails this way stops the guest but leaves qemu running: do not wait for the deadline.
       if (accel === 'kvm' && tail(paths.qemuLog).some((l) => KVM_FAILURE.test(l))) throw died();
-      if (existsSync(paths.agentSocket)) {
+      if (existsSync(socket)) {
         if (channel === 'agent') {
           // Short knocks, so a qemu that died is noticed within seconds, not at the deadline.
           try {
-            const client = await AgentClient.connect(paths.agentSocket, { timeoutMs: 2000 });
+            const client = await AgentClient.connect(socket, { timeoutMs: 2000 });
             client.close();
             return;
           } catch {
@@ -408,7 +413,7 @@ export class VmRuntime implements Runtime {
         }
         let shell: ShellChannel | undefined;
         try {
-          shell = await ShellChannel.connect(paths.agentSocket, 2000);
+          shell = await ShellChannel.connect(socket, 2000);
           // The shell is up once it answers; until then the line waits in the port's queue.
           while (Date.now() < deadline && alive(pid, startTime)) {
             const code = await shell.run('true', () => undefined, 1000);
@@ -446,7 +451,7 @@ export class VmRuntime implements Runtime {
       if (state.ready) {
         try {
           if (state.channel === 'agent') {
-            const client = await AgentClient.connect(state.agentSocket, { timeoutMs: 2000 });
+            const client = await connectAgent(config.id, state, { waitMs: 2000, purpose: `stop VM ${config.id}` });
             await Promise.race([client.shutdown(), new Promise((resolve) => setTimeout(resolve, 2000))]);
             client.close();
           } else {
@@ -462,7 +467,8 @@ export class VmRuntime implements Runtime {
       if (!(await waitGone(state.pid, state.startTime, graceMs))) await kill(state.pid, state.startTime);
       if (alive(state.pid, state.startTime)) throw new EnvyError('RUNTIME', `VM ${config.id} (qemu pid ${state.pid}) did not die after SIGKILL`);
     }
-    for (const path of [paths.state, paths.agentSocket, paths.qmpSocket, paths.qemuPid]) rmSync(path, { force: true });
+    const sockets = Array.from({ length: state?.agentPorts ?? 1 }, (_, index) => agentSocketAt(paths.agentSocket, index));
+    for (const path of [paths.state, ...sockets, paths.qmpSocket, paths.qemuPid]) rmSync(path, { force: true });
   }
 
   async status(config: EnvironmentConfig): Promise<RuntimeStatus> {

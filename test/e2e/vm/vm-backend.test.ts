@@ -110,6 +110,35 @@ describe('backend: vm (x86_64 guest under qemu)', () => {
     expect(lines).toContain('got:typed');
   });
 
+  test('shells and execs share the running VM: two shells held open on real terminals while execs come and go', async () => {
+    const shellArgv = (name: string): string[] => [
+      ...asUserArgv({ ENVY_HOME: home.path, CI: 'true' }),
+      process.execPath,
+      join(envyRoot(), 'bin/envy.js'),
+      'exec',
+      '--',
+      'sh',
+      '-c',
+      // Open until an exec from outside creates the gate: the execs must run while both shells live.
+      `touch /tmp/open-${name}; echo READY; while [ ! -e /tmp/gate ]; do sleep 0.1; done; read line; echo "${name}:$line"; exit ${name === 'a' ? 3 : 4}`,
+    ];
+    const shell = (name: string) => collect('python3', [join(import.meta.dirname, 'pty-driver.py'), 'READY', `typed-${name}\r`, ...shellArgv(name)], { cwd: project.path }, undefined, 150_000);
+    const shells = [shell('a'), shell('b')];
+    const bothOpen = async (): Promise<boolean> => (await run(['exec', '--', 'sh', '-c', 'test -e /tmp/open-a && test -e /tmp/open-b'])).code === 0;
+    for (let i = 0; i < 240 && !(await bothOpen()); i++) await new Promise((resolve) => setTimeout(resolve, 250));
+    expect(await bothOpen()).toBe(true);
+    // Several execs at once beside the two shells, each with its own exit code and output.
+    const execs = await Promise.all([1, 2, 3, 4].map((n) => run(['exec', '--', 'sh', '-c', `sleep 0.5; echo run-${n}; exit ${10 + n}`])));
+    expect(execs.map((r) => [r.code, r.stdout])).toEqual([1, 2, 3, 4].map((n) => [10 + n, `run-${n}\n`]));
+    ok(await run(['exec', '--', 'touch', '/tmp/gate']));
+    const [a, b] = await Promise.all(shells);
+    expect(a!.code, a!.stdout + a!.stderr).toBe(3);
+    expect(b!.code, b!.stdout + b!.stderr).toBe(4);
+    expect(a!.stdout).toContain('a:typed-a');
+    expect(b!.stdout).toContain('b:typed-b');
+    ok(await run(['exec', '--root', '--', 'rm', '-f', '/tmp/gate', '/tmp/open-a', '/tmp/open-b']));
+  });
+
   test('down keeps the disk, up resumes it; killing envy mid-boot leaves no qemu behind', async () => {
     ok(await run(['exec', '--root', '--', 'sh', '-c', 'echo kept > /var/tmp/state']));
     const before = (await status())!.pid!;

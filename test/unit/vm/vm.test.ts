@@ -111,7 +111,7 @@ describe('qemu command line', () => {
     memory: 1024 ** 3,
     cpus: 2,
     hostname: 'my env',
-    agentSocket: '/a.sock',
+    agentSockets: ['/a.sock', '/a-1.sock'],
     qmpSocket: '/q.sock',
     serialLog: '/console.log',
     pidFile: '/q.pid',
@@ -119,13 +119,15 @@ describe('qemu command line', () => {
     network: true,
   };
 
-  test('forwards ports on loopback only, sizes the VM, names the agent port envy.0', () => {
+  test('forwards ports on loopback only, sizes the VM, names the agent ports envy.N', () => {
     const args = qemuArgs(plan);
     expect(args.join(' ')).toContain('hostfwd=tcp:127.0.0.1:8080-:80');
     expect(args.join(' ')).not.toMatch(/hostfwd=tcp::|0\.0\.0\.0/);
     expect(args[args.indexOf('-m') + 1]).toBe('1024M');
     expect(args[args.indexOf('-smp') + 1]).toBe('2');
     expect(args).toContain('virtserialport,chardev=agent0,name=envy.0');
+    expect(args).toContain('virtserialport,chardev=agent1,name=envy.1');
+    expect(args).toContain('socket,id=agent1,path=/a-1.sock,server=on,wait=off');
     expect(args).toContain('-nodefaults');
     expect(args).toContain('-no-reboot');
     expect(qemuArgs({ ...plan, network: false }).join(' ')).not.toContain('netdev');
