@@ -5,7 +5,7 @@
  * image's kernel, not the host's.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { asUserArgv, collect, envy, envyRoot, runAsUser, userTempDir, type RunResult } from '../harness.js';
@@ -174,5 +174,53 @@ describe('backend: vm (x86_64 guest under qemu)', () => {
     ok(await run(['down', '--rm']));
     expect(alive(last)).toBe(false);
     expect(ok(await run(['status'])).stdout).not.toContain('vmt');
+  });
+
+  test('backend.kernel as a kernel file of the project boots that kernel; gc collects VM disks no environment uses', async () => {
+    // The kernel: the vmlinux envy unpacked from Debian's package for the first environment (removed
+    // by now, its VM disk still cached), and its modules, which the second image carries in
+    // /lib/modules/RELEASE through `files`.
+    const release = /resolved: "linux-image-([^"]+)"/.exec(readFileSync(join(project.path, 'env.lock'), 'utf8'))![1]!;
+    const images = join(home.path, 'vm/images');
+    const [firstImage] = readdirSync(images).filter((name) => !name.startsWith('.') && !name.endsWith('.lock'));
+    const other = userTempDir('envy-vm-kfile-');
+    const uid = execFileSync('stat', ['-c', '%u:%g', project.path]).toString().trim();
+    try {
+      mkdirSync(join(other.path, 'modules'));
+      copyFileSync(join(images, firstImage!, 'kernel'), join(other.path, 'vmlinux'));
+      for (const name of readdirSync(join(images, firstImage!, 'modules'))) copyFileSync(join(images, firstImage!, 'modules', name), join(other.path, 'modules', name.replace(/^\d+-/, '')));
+      writeFileSync(
+        join(other.path, 'env.yaml'),
+        ['name: vmk', 'base:', '  debian: bookworm', 'backend:', '  type: vm', '  kernel: vmlinux', '  memory: 512m', 'network: none', 'files:', `  - {src: modules, dest: /lib/modules/${release}/kernel/envy}`, ''].join('\n'),
+      );
+      execFileSync('chown', ['-R', uid, other.path]);
+      const inOther = (args: string[]) => envy(args, { cwd: other.path, env: { ENVY_HOME: home.path, CI: 'true' }, timeoutMs: 300_000 });
+      ok(await inOther(['up']));
+      const lock = readFileSync(join(other.path, 'env.lock'), 'utf8');
+      expect(lock).toContain('file: "vmlinux"');
+      expect(lock).toMatch(/digest: "sha256:[0-9a-f]{64}"/);
+      expect(lock).not.toContain('linux-image');
+      expect(ok(await inOther(['exec', '--', 'uname', '-r'])).stdout.trim()).toBe(release);
+      const rows = JSON.parse(ok(await inOther(['status', '--json'])).stdout) as { environments: StatusRow[] };
+      expect(rows.environments.find((r) => r.name === 'vmk')?.vm?.kernel).toBe(release);
+      const vmImages = readdirSync(images).filter((name) => !name.startsWith('.') && !name.endsWith('.lock'));
+      const secondImage = vmImages.find((name) => name !== firstImage);
+      expect(secondImage).toBeDefined();
+
+      // While the second environment exists (stopped), gc keeps its VM disk; the first one's goes
+      // (its environment was removed). Once the second is removed too, its disk goes as well.
+      ok(await inOther(['down']));
+      const first = JSON.parse(ok(await run(['gc', '--grace', '0', '--json'])).stdout) as { vmImages: string[] };
+      expect(first.vmImages).toEqual([firstImage]);
+      expect(existsSync(join(images, firstImage!))).toBe(false);
+      expect(existsSync(join(images, secondImage!, 'rootfs.raw'))).toBe(true);
+      ok(await inOther(['down', '--rm']));
+      const second = JSON.parse(ok(await run(['gc', '--grace', '0', '--json'])).stdout) as { vmImages: string[] };
+      expect(second.vmImages).toEqual([secondImage]);
+      expect(existsSync(join(images, secondImage!))).toBe(false);
+    } finally {
+      await envy(['down', '--rm'], { cwd: other.path, env: { ENVY_HOME: home.path, CI: 'true' }, timeoutMs: 60_000 }).catch(() => undefined);
+      other.remove();
+    }
   });
 });
