@@ -351,7 +351,7 @@ int main(int argc, char **argv) {
       args[n++] = paths[i];
     }
     args[n] = NULL;
-    say("starting the agent on %s and %d more ports", port, (n - 3) / 2);
+    say("starting the agent on %s and %d more ports, %ld ms after the kernel started", port, (n - 3) / 2, now_ms());
     execv("/run/envy/agent", args);
     die("exec /run/envy/agent: %s", strerror(errno));
   }

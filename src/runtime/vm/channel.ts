@@ -33,6 +33,8 @@ export interface VmState {
   agentPorts?: number;
   /** What answers on the port: envy-agent, or the fallback shell of envy-init (no agent built). */
   channel: 'agent' | 'shell';
+  /** Milliseconds from spawning qemu: the agent answered, the workspace was copied, provisioning done (bench/vm). */
+  bootMs?: { answered: number; copied: number; ready: number };
 }
 
 /**

@@ -7,7 +7,7 @@ import { kernelScript } from '../../../src/plan/kernel.js';
 import { lockFromSpec, parseLock, refreshLock, renderLock } from '../../../src/plan/lock.js';
 import type { KernelStep } from '../../../src/plan/types.js';
 import { cpio } from '../../../src/runtime/vm/initramfs.js';
-import { findImageKernel, moduleDepends, moduleLoadOrder, xzOffset } from '../../../src/runtime/vm/kernel.js';
+import { findImageKernel, moduleDepends, moduleLoadOrder, withoutNetModules, xzOffset } from '../../../src/runtime/vm/kernel.js';
 import { kernelCommandLine, qemuArgs } from '../../../src/runtime/vm/qemu.js';
 import { commandLine } from '../../../src/runtime/vm/shell-channel.js';
 import { FIXTURE_PROJECT, HOST_USER, makeSpec } from '../plan/helpers.js';
@@ -131,6 +131,20 @@ describe('qemu command line', () => {
     expect(args).toContain('-nodefaults');
     expect(args).toContain('-no-reboot');
     expect(qemuArgs({ ...plan, network: false }).join(' ')).not.toContain('netdev');
+    // Under TCG an x86-64-v2 CPU, not `max` (slower to boot); KVM passes the host's through.
+    expect(args[args.indexOf('-cpu') + 1]).toBe('qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16');
+    const kvm = qemuArgs({ ...plan, accel: 'kvm' });
+    expect(kvm[kvm.indexOf('-cpu') + 1]).toBe('host');
+  });
+
+  test('the kernel skips its crypto self-tests and legacy UART probing; arm64 gets no x86-only words', () => {
+    expect(kernelCommandLine(plan).split(' ')).toEqual(expect.arrayContaining(['cryptomgr.notests', '8250.nr_uarts=1', 'no_timer_check']));
+    expect(kernelCommandLine({ arch: 'aarch64', hostname: 'x' })).not.toMatch(/no_timer_check|8250/);
+  });
+
+  test('without a network card the initramfs leaves out virtio_net and what only it needs', () => {
+    const files = ['/m/00-virtio_ring.ko', '/m/07-failover.ko', '/m/08-net_failover.ko', '/m/09-virtio_net.ko', '/m/14-ext4.ko'];
+    expect(withoutNetModules(files)).toEqual(['/m/00-virtio_ring.ko', '/m/14-ext4.ko']);
   });
 
   test('arm64 guests get virt + cortex-a57 under TCG and the PL011 console', () => {
