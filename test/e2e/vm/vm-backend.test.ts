@@ -6,11 +6,14 @@
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { asUserArgv, collect, envy, envyRoot, runAsUser, userTempDir, type RunResult } from '../harness.js';
 
 let project: { path: string; remove: () => void };
+/** The host loopback port forwarded to the guest's 8080 (`ports`), free when the test starts. */
+let forwarded: number;
 let home: { path: string; remove: () => void };
 
 const run = (args: string[], options: { timeoutMs?: number; input?: string } = {}): Promise<RunResult> =>
@@ -46,9 +49,15 @@ describe('backend: vm (x86_64 guest under qemu)', () => {
   beforeAll(async () => {
     project = userTempDir('envy-vm-');
     home = userTempDir('envy-vm-home-');
+    forwarded = await new Promise<number>((resolve) => {
+      const probe = createServer().listen(0, '127.0.0.1', () => {
+        const { port } = probe.address() as { port: number };
+        probe.close(() => resolve(port));
+      });
+    });
     writeFileSync(
       join(project.path, 'env.yaml'),
-      ['name: vmt', 'base:', '  debian: bookworm', 'backend:', '  type: vm', '  memory: 1g', '  cpus: 2', 'hooks:', '  onCreate: echo created > /var/tmp/hook', ''].join('\n'),
+      ['name: vmt', 'base:', '  debian: bookworm', 'backend:', '  type: vm', '  memory: 1g', '  cpus: 2', 'hooks:', '  onCreate: echo created > /var/tmp/hook', 'ports:', `  - "${forwarded}:8080"`, ''].join('\n'),
     );
     writeFileSync(join(project.path, 'hello.txt'), 'from the host\n');
     // Bootstrap (~1.5 min), the kernel package (~70 MB), the disk, the first boot.
@@ -96,6 +105,31 @@ describe('backend: vm (x86_64 guest under qemu)', () => {
     expect(ok(await run(['exec', '--', 'id', '-u'])).stdout.trim()).toBe(uid);
     expect(ok(await run(['exec', '--root', '--', 'id', '-u'])).stdout.trim()).toBe('0');
     expect((await run(['exec', '--', 'no-such-command-here'])).code).toBe(127);
+  });
+
+  test('ports: a server in the guest is reached from the host on 127.0.0.1 only', async () => {
+    // perl-base is in every Debian image; the server answers one connection and exits 0.
+    const server = run(['exec', '--', 'perl', '-MIO::Socket::INET', '-e', '$s = IO::Socket::INET->new(LocalAddr => "0.0.0.0", LocalPort => 8080, Listen => 1, ReuseAddr => 1) or die "listen: $!"; $c = $s->accept; print $c "hello from the guest\\n"; close $c']);
+    const fetch = (): Promise<string> =>
+      new Promise((resolve) => {
+        let text = '';
+        const socket = connect(forwarded, '127.0.0.1');
+        socket.setTimeout(5000, () => socket.destroy());
+        socket.on('data', (chunk: Buffer) => (text += chunk.toString()));
+        socket.on('error', () => resolve(text));
+        socket.on('close', () => resolve(text));
+      });
+    // qemu accepts on the host side at once and drops the connection until the guest listens.
+    let answer = '';
+    for (let i = 0; i < 240 && !answer.includes('hello'); i++) {
+      answer = await fetch();
+      if (!answer.includes('hello')) await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+    expect(answer).toBe('hello from the guest\n');
+    expect(ok(await server).code).toBe(0);
+    // Every listening socket on that port is qemu's, on loopback (the 4th column: the local address).
+    const local = execFileSync('ss', ['-ltnH', `sport = :${forwarded}`]).toString().trim().split('\n').map((line) => line.trim().split(/\s+/)[3]);
+    expect(local).toEqual([`127.0.0.1:${forwarded}`]);
   });
 
   test('a shell on a real terminal: pty of the local size, resize, keystrokes, exit status', async () => {
