@@ -9,6 +9,7 @@
  * interrupted boot leaves no orphan. SIGINT/SIGTERM during the boot kill it at once.
  */
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { EnvyError } from '../../errors.js';
@@ -65,6 +66,8 @@ export function vmBackingKeys(): Set<string> {
   return keys;
 }
 
+/** Where provision() leaves the digest of what it set up, on the guest's disk. */
+const PROVISIONED_DIR = '/var/lib/envy';
 const BOOT_TIMEOUT_MS: Record<Accel, number> = { kvm: 60_000, tcg: 240_000 };
 const KILL_WAIT_MS = 5000;
 /** What qemu prints when /dev/kvm opens but cannot run the guest (nested or software KVM). */
@@ -329,19 +332,35 @@ export class VmRuntime implements Runtime {
       dirs.unshift(user.home);
     }
     if (dirs.length > 0) lines.push(`mkdir -p ${dirs.map(quote).join(' ')}`);
-    if (user) {
-      lines.push(`chown ${user.uid}:${user.gid} ${quote(user.home)}`);
-      if (copied.length > 0) lines.push(`chown -R ${user.uid}:${user.gid} ${copied.map(quote).join(' ')}`);
-    }
+    if (user) lines.push(`chown ${user.uid}:${user.gid} ${quote(user.home)}`);
+    // The disk keeps all of this across boots: when the same script ran on it before and the copy
+    // brought nothing new, the exec (a second or more under TCG) is skipped.
+    const digest = createHash('sha256').update(lines.join('\n')).digest('hex');
+    if (copied.length === 0 && state.channel === 'agent' && (await this.provisionedDigest(config.id, state)) === digest) return;
+    if (user && copied.length > 0) lines.push(`chown -R ${user.uid}:${user.gid} ${copied.map(quote).join(' ')}`);
+    lines.push(`mkdir -p ${PROVISIONED_DIR} && echo ${digest} > ${PROVISIONED_DIR}/provisioned`);
     let output = '';
     const code = await this.runCaptured(config.id, state, ['/bin/sh', '-c', ['set -e', ...lines].join('\n')], (text) => (output += text), 30_000);
     if (code !== 0) throw new EnvyError('RUNTIME', `setting up the VM ${config.id} failed (exit ${code ?? 'timeout'})`, { details: output.trim().split('\n').slice(-10) });
   }
 
+  /** What provision() last ran on this disk (its marker in the guest), read over the agent without an exec. */
+  private async provisionedDigest(id: string, state: VmState): Promise<string | undefined> {
+    const { AgentTransport } = await import('./agent-transport.js');
+    const client = await connectAgent(id, state, { purpose: `check VM ${id}` });
+    try {
+      return (await new AgentTransport(client, PROVISIONED_DIR, id).readFile('provisioned')).toString().trim();
+    } catch {
+      return undefined; // a fresh disk
+    } finally {
+      client.close();
+    }
+  }
+
   /**
    * The writable bind mounts (the workspace, volumes, binds from env.yaml) copied into the guest at
    * boot: a one-shot, one-way sync over the agent (changed files only after the first boot); returns
-   * the guest paths, which provision() hands to the env user. Live two-way sync while the VM runs is not wired yet (docs/vm.md).
+   * the guest paths where something was copied, which provision() hands to the env user. Live two-way sync while the VM runs is not wired yet (docs/vm.md).
    * Read-only binds (a host base's /usr) have no meaning in a VM with its own /usr and are skipped.
    */
   private async copyIn(config: EnvironmentConfig, state: VmState): Promise<string[]> {
@@ -353,19 +372,21 @@ export class VmRuntime implements Runtime {
       import('./agent-transport.js'),
     ]);
     const client = await connectAgent(config.id, state, { purpose: `copy the workspace into VM ${config.id}` });
+    const changed: string[] = [];
     try {
       for (const mount of binds) {
         const engine = new SyncEngine({ source: new LocalTransport(mount.source!), target: new AgentTransport(client, mount.target, config.id), direction: 'one-way', watch: false });
         const errors: Error[] = [];
         engine.on('error', (error: Error) => errors.push(error));
         await engine.start();
+        if (engine.status().applied > 0) changed.push(mount.target);
         await engine.stop();
         if (errors[0]) throw new EnvyError('RUNTIME', `copying ${mount.source} into the VM at ${mount.target} failed: ${errors[0].message}`);
       }
     } finally {
       client.close();
     }
-    return binds.map((m) => m.target);
+    return changed;
   }
 
   /** Run a command as root in the guest and collect its output (stdout and stderr together). */
