@@ -93,6 +93,17 @@ export function kernelCommandLine(plan: Pick<QemuPlan, 'arch' | 'hostname'>): st
  */
 export const TCG_X86_CPU = 'qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16';
 
+/**
+ * qboot, qemu's minimal firmware (Debian's qemu-system-data ships it), instead of SeaBIOS for x86_64:
+ * it only loads the kernel through fw_cfg and passes qemu's ACPI tables on, ~0.3 s sooner under TCG
+ * (A/B on a quiet host: 3.52-3.68 s vs 3.72-4.00 s to the agent's answer). SeaBIOS where it is missing.
+ */
+export const QBOOT = '/usr/share/qemu/qboot.rom';
+
+function firmware(arch: Arch): string[] {
+  return arch === 'x86_64' && existsSync(QBOOT) ? ['-bios', QBOOT] : [];
+}
+
 export function qemuArgs(plan: QemuPlan): string[] {
   const machine =
     plan.arch === 'aarch64'
@@ -107,6 +118,7 @@ export function qemuArgs(plan: QemuPlan): string[] {
     'none',
     '-no-reboot',
     ...machine,
+    ...firmware(plan.arch),
     '-m',
     `${Math.max(128, Math.floor(plan.memory / (1024 * 1024)))}M`,
     '-smp',

@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, test } from 'vitest';
@@ -8,7 +8,7 @@ import { lockFromSpec, parseLock, refreshLock, renderLock } from '../../../src/p
 import type { KernelStep } from '../../../src/plan/types.js';
 import { cpio } from '../../../src/runtime/vm/initramfs.js';
 import { findImageKernel, moduleDepends, moduleLoadOrder, withoutNetModules, xzOffset } from '../../../src/runtime/vm/kernel.js';
-import { kernelCommandLine, qemuArgs } from '../../../src/runtime/vm/qemu.js';
+import { kernelCommandLine, qemuArgs, QBOOT } from '../../../src/runtime/vm/qemu.js';
 import { commandLine } from '../../../src/runtime/vm/shell-channel.js';
 import { FIXTURE_PROJECT, HOST_USER, makeSpec } from '../plan/helpers.js';
 
@@ -135,6 +135,10 @@ describe('qemu command line', () => {
     expect(args[args.indexOf('-cpu') + 1]).toBe('qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16');
     const kvm = qemuArgs({ ...plan, accel: 'kvm' });
     expect(kvm[kvm.indexOf('-cpu') + 1]).toBe('host');
+    // qboot where qemu's data files have it; arm64 keeps its own firmware.
+    expect(args.includes('-bios')).toBe(existsSync(QBOOT));
+    if (existsSync(QBOOT)) expect(args[args.indexOf('-bios') + 1]).toBe(QBOOT);
+    expect(qemuArgs({ ...plan, arch: 'aarch64' })).not.toContain('-bios');
   });
 
   test('the kernel skips its crypto self-tests and legacy UART probing; arm64 gets no x86-only words', () => {
