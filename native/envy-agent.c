@@ -1,7 +1,9 @@
 /*
  * envy-agent: the guest side of envy's VM backend. It runs as PID 1 of the guest (after the stage-1
- * init switched to the image's root) and serves one host connection at a time over a byte stream:
- * the virtio-serial port named envy.0, or for tests a unix socket or stdin/stdout.
+ * init switched to the image's root) and serves several host connections at once, each its own byte
+ * stream: the virtio-serial ports named envy.N (qemu's socket chardev takes one client per port, so
+ * every envy process takes a port of its own), or for tests a unix socket (every accepted connection
+ * is a host) or stdin/stdout.
  *
  * The protocol (docs/vm-agent.md) is framed and multiplexed: [type u8][channel u32][len u32][payload],
  * big-endian. One channel per exec, file operation or watch; data streams in both directions are
@@ -250,9 +252,12 @@ struct watchdir {
   char *rel;
 };
 
+struct host;
+
 struct chan {
   uint32_t id;
   int kind;
+  struct host *host; /* channel numbers are the host's own: each host has its channels */
   struct chan *next;
   uint32_t credit;    /* bytes we may still send the host on this channel */
   uint32_t in_window; /* bytes the host may still send us */
@@ -276,19 +281,43 @@ struct chan {
   char *root;
 };
 
-static struct chan *chans;
-static struct buf out;     /* framed bytes waiting for the connection */
-static struct buf in;      /* received bytes not yet parsed into frames */
-static int conn_in = -1, conn_out = -1;
-static int listen_fd = -1, port_fd = -1;
+/* One host connection: a virtio port (which stays open while hosts come and go), an accepted unix
+   socket, or stdin/stdout. Hosts are independent: a protocol error or a disconnect of one touches
+   only its own channels and processes. */
+struct host {
+  struct host *next;
+  int conn_in, conn_out;
+  int port_fd; /* a virtio port; -1 for an accepted socket or stdio */
+  int connected;
+  int poisoned; /* a malformed frame was seen: drop input until the host disconnects */
+  struct buf out; /* framed bytes waiting for the connection */
+  struct buf in;  /* received bytes not yet parsed into frames */
+  struct chan *chans;
+};
+
+static struct host *hosts;
+/* The host whose frame is being handled or whose channel is being served: replies go to it. */
+static struct host *cur;
+static int listen_fd = -1;
 static int mode_stdio;
-static int host_connected;
-static int poisoned; /* a malformed frame was seen: drop input until the host disconnects */
 static int sig_fd = -1;
-static const char *port_path_arg;
+#define MAX_PORTS 32
+static const char *port_path_args[MAX_PORTS];
+static int n_port_args;
+
+static struct host *host_new(int conn_in, int conn_out, int port_fd) {
+  struct host *h = calloc(1, sizeof *h);
+  if (!h) abort();
+  h->conn_in = conn_in;
+  h->conn_out = conn_out;
+  h->port_fd = port_fd;
+  h->next = hosts;
+  hosts = h;
+  return h;
+}
 
 static struct chan *chan_find(uint32_t id) {
-  for (struct chan *c = chans; c; c = c->next)
+  for (struct chan *c = cur->chans; c; c = c->next)
     if (c->id == id) return c;
   return NULL;
 }
@@ -298,12 +327,21 @@ static struct chan *chan_new(uint32_t id, int kind) {
   if (!c) abort();
   c->id = id;
   c->kind = kind;
+  c->host = cur;
   c->credit = WINDOW;
   c->in_window = WINDOW;
   c->in_fd = c->out_fd = c->err_fd = c->fd = c->dirfd = -1;
-  c->next = chans;
-  chans = c;
+  c->next = cur->chans;
+  cur->chans = c;
   return c;
+}
+
+/* Whether `c` is still a live channel of some host (it may have been freed earlier in a poll pass). */
+static int chan_live(const struct chan *c) {
+  for (struct host *h = hosts; h; h = h->next)
+    for (struct chan *x = h->chans; x; x = x->next)
+      if (x == c) return 1;
+  return 0;
 }
 
 static void closefd(int *fd) {
@@ -312,7 +350,7 @@ static void closefd(int *fd) {
 }
 
 static void chan_free(struct chan *c) {
-  struct chan **pp = &chans;
+  struct chan **pp = &c->host->chans;
   while (*pp && *pp != c) pp = &(*pp)->next;
   if (*pp) *pp = c->next;
   if (c->kind == K_EXEC && c->pid > 0 && !c->exited) kill(-c->pid, SIGKILL);
@@ -335,15 +373,12 @@ static void chan_free(struct chan *c) {
 
 /* ---------- output frames ---------- */
 
-static void frame_begin(uint8_t type, uint32_t ch, uint32_t len) {
-  put_u8(&out, type);
-  put_u32(&out, ch);
-  put_u32(&out, len);
-}
 static void send_frame(uint8_t type, uint32_t ch, const void *data, size_t len) {
-  if (!host_connected) return;
-  frame_begin(type, ch, (uint32_t)len);
-  if (len) buf_put(&out, data, len);
+  if (!cur || !cur->connected) return;
+  put_u8(&cur->out, type);
+  put_u32(&cur->out, ch);
+  put_u32(&cur->out, (uint32_t)len);
+  if (len) buf_put(&cur->out, data, len);
 }
 static void send_built(uint8_t type, uint32_t ch, struct buf *payload) {
   send_frame(type, ch, payload->p + payload->off, payload->len);
@@ -369,22 +404,42 @@ static void send_result(uint32_t ch, int err) { send_u32(A_RESULT, ch, (uint32_t
 
 /* ---------- connection lifecycle ---------- */
 
-static void drop_all_channels(void) {
-  while (chans) chan_free(chans);
+static void drop_channels(struct host *h) {
+  while (h->chans) chan_free(h->chans);
 }
 
-static void host_gone(void) {
-  if (!host_connected) return;
-  host_connected = 0;
-  poisoned = 0;
-  drop_all_channels();
-  buf_free(&out);
-  buf_free(&in);
-  if (listen_fd >= 0 || mode_stdio) {
-    closefd(&conn_in);
-    if (!mode_stdio) conn_out = -1;
-  }
+static void drop_all_channels(void) {
+  for (struct host *h = hosts; h; h = h->next) drop_channels(h);
+}
+
+/* The host went away: its processes are killed, its reads, writes and watches dropped. A port waits
+   for the next host; an accepted socket's host is removed at the end of the poll pass. */
+static void host_gone(struct host *h) {
+  if (!h->connected) return;
+  h->connected = 0;
+  h->poisoned = 0;
+  drop_channels(h);
+  buf_free(&h->out);
+  buf_free(&h->in);
   if (mode_stdio) exit(0);
+  if (h->port_fd < 0) {
+    closefd(&h->conn_in);
+    h->conn_out = -1;
+  }
+}
+
+/* Free the hosts of accepted sockets that have gone. */
+static void remove_gone_hosts(void) {
+  for (struct host **pp = &hosts; *pp;) {
+    struct host *h = *pp;
+    if (!h->connected && h->port_fd < 0) {
+      *pp = h->next;
+      if (cur == h) cur = NULL;
+      free(h);
+    } else {
+      pp = &h->next;
+    }
+  }
 }
 
 static void protocol_error(const char *fmt, ...) {
@@ -395,10 +450,10 @@ static void protocol_error(const char *fmt, ...) {
   va_end(ap);
   logmsg("protocol error: %s", msg);
   /* The stream cannot be trusted past a bad frame: say why, then ignore input until the host reconnects. */
-  drop_all_channels();
-  buf_free(&in);
+  drop_channels(cur);
+  buf_free(&cur->in);
   send_error(0, EPROTO, "protocol error: %s", msg);
-  poisoned = 1;
+  cur->poisoned = 1;
 }
 
 /* ---------- paths: every component under the root opened without following links ---------- */
@@ -1037,7 +1092,7 @@ static void exec_maybe_finish(struct chan *c) {
 
 /* Move bytes from a child's output into frames, within the channel's credit. Returns 1 if it made progress. */
 static int pump_output(struct chan *c, int *fd, uint8_t type) {
-  if (*fd < 0 || c->credit == 0 || out.len >= OUT_HIGH) return 0;
+  if (*fd < 0 || c->credit == 0 || c->host->out.len >= OUT_HIGH) return 0;
   uint8_t data[CHUNK];
   size_t want = c->credit < CHUNK ? c->credit : CHUNK;
   ssize_t n = read(*fd, data, want);
@@ -1120,25 +1175,28 @@ static void reap(void) {
   int status;
   pid_t pid;
   while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-    for (struct chan *c = chans; c; c = c->next) {
-      if (c->kind != K_EXEC || c->pid != pid) continue;
-      c->exited = 1;
-      c->exited_at = now_ms();
-      c->status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      break;
-    }
+    for (struct host *h = hosts; h; h = h->next)
+      for (struct chan *c = h->chans; c; c = c->next) {
+        if (c->kind != K_EXEC || c->pid != pid) continue;
+        c->exited = 1;
+        c->exited_at = now_ms();
+        c->status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        goto next;
+      }
+  next:;
   }
 }
 
 /* ---------- shutdown ---------- */
 
 static void flush_out_blocking(void) {
-  for (int tries = 0; out.len && conn_out >= 0 && tries < 200; tries++) {
-    ssize_t n = write(conn_out, out.p + out.off, out.len);
-    if (n > 0) buf_consume(&out, (size_t)n);
-    else if (n < 0 && errno != EAGAIN && errno != EINTR) break;
-    else usleep(5000);
-  }
+  for (struct host *h = hosts; h; h = h->next)
+    for (int tries = 0; h->connected && h->out.len && h->conn_out >= 0 && tries < 200; tries++) {
+      ssize_t n = write(h->conn_out, h->out.p + h->out.off, h->out.len);
+      if (n > 0) buf_consume(&h->out, (size_t)n);
+      else if (n < 0 && errno != EAGAIN && errno != EINTR) break;
+      else usleep(5000);
+    }
 }
 
 static void power_off(void) {
@@ -1286,8 +1344,9 @@ static void handle_frame(uint8_t type, uint32_t ch, const uint8_t *payload, uint
 }
 
 static void parse_input(void) {
-  while (!poisoned && in.len >= HDR) {
-    const uint8_t *h = in.p + in.off;
+  struct buf *inb = &cur->in;
+  while (!cur->poisoned && inb->len >= HDR) {
+    const uint8_t *h = inb->p + inb->off;
     uint8_t type = h[0];
     uint32_t ch = (uint32_t)h[1] << 24 | (uint32_t)h[2] << 16 | (uint32_t)h[3] << 8 | h[4];
     uint32_t len = (uint32_t)h[5] << 24 | (uint32_t)h[6] << 16 | (uint32_t)h[7] << 8 | h[8];
@@ -1295,25 +1354,38 @@ static void parse_input(void) {
       protocol_error("frame of %u bytes exceeds the %u-byte limit", len, MAX_PAYLOAD);
       return;
     }
-    if (in.len < HDR + len) return;
+    if (inb->len < HDR + len) return;
     handle_frame(type, ch, h + HDR, len);
-    if (poisoned) return;
-    buf_consume(&in, HDR + len);
+    if (cur->poisoned) return;
+    buf_consume(inb, HDR + len);
   }
 }
 
-/* ---------- the port: find, open, and notice when the host connects ---------- */
+/* ---------- the ports: find, open, and notice when a host connects ---------- */
 
-static int find_port(char *path, size_t size) {
-  if (port_path_arg) {
-    snprintf(path, size, "%s", port_path_arg);
-    return access(path, F_OK) == 0 ? 0 : -1;
+/* The device node of /sys/class/virtio-ports/NAME, made from its dev file when devtmpfs is missing. */
+static int port_node(const char *entry, char *path, size_t size) {
+  snprintf(path, size, "/dev/%s", entry);
+  if (access(path, F_OK) == 0) return 0;
+  char file[PATH_MAX], dev[32] = {0};
+  unsigned maj, min;
+  snprintf(file, sizeof file, "/sys/class/virtio-ports/%s/dev", entry);
+  int fd = open(file, O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    ssize_t n = read(fd, dev, sizeof dev - 1);
+    close(fd);
+    if (n > 0 && sscanf(dev, "%u:%u", &maj, &min) == 2) mknod(path, S_IFCHR | 0600, makedev(maj, min));
   }
+  return access(path, F_OK) == 0 ? 0 : -1;
+}
+
+/* Every port whose name is envy.N, into `paths`; returns how many, or -1 until envy.0 is among them. */
+static int find_ports(char paths[][PATH_MAX], int max) {
   DIR *d = opendir("/sys/class/virtio-ports");
   if (!d) return -1;
   struct dirent *e;
-  int found = -1;
-  while ((e = readdir(d)) != NULL && found < 0) {
+  int found = 0, first = 0;
+  while ((e = readdir(d)) != NULL && found < max) {
     if (e->d_name[0] == '.') continue;
     char file[PATH_MAX], name[64] = {0};
     snprintf(file, sizeof file, "/sys/class/virtio-ports/%s/name", e->d_name);
@@ -1321,42 +1393,48 @@ static int find_port(char *path, size_t size) {
     if (fd < 0) continue;
     ssize_t n = read(fd, name, sizeof name - 1);
     close(fd);
-    if (n <= 0 || strncmp(name, "envy.0", 6) != 0 || (name[6] != '\n' && name[6] != 0)) continue;
-    snprintf(path, size, "/dev/%s", e->d_name);
-    if (access(path, F_OK) < 0) {
-      /* No devtmpfs: make the node from the major:minor the kernel published. */
-      char dev[32] = {0};
-      unsigned maj, min;
-      snprintf(file, sizeof file, "/sys/class/virtio-ports/%s/dev", e->d_name);
-      fd = open(file, O_RDONLY | O_CLOEXEC);
-      if (fd >= 0) {
-        n = read(fd, dev, sizeof dev - 1);
-        close(fd);
-        if (n > 0 && sscanf(dev, "%u:%u", &maj, &min) == 2) mknod(path, S_IFCHR | 0600, makedev(maj, min));
-      }
-    }
-    found = access(path, F_OK) == 0 ? 0 : -1;
+    if (n <= 0 || strncmp(name, "envy.", 5) != 0) continue;
+    name[strcspn(name, "\n")] = 0;
+    if (port_node(e->d_name, paths[found], PATH_MAX) < 0) continue;
+    if (!strcmp(name, "envy.0")) first = 1;
+    found++;
   }
   closedir(d);
-  return found;
+  return first ? found : -1;
 }
 
-static void open_port(void) {
-  char path[PATH_MAX];
+static void open_ports(void) {
+  static char paths[MAX_PORTS][PATH_MAX];
+  int count = 0;
   for (int tries = 0;; tries++) {
-    if (find_port(path, sizeof path) == 0) {
-      port_fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
-      if (port_fd >= 0) break;
+    if (n_port_args) {
+      count = 0;
+      for (int i = 0; i < n_port_args; i++)
+        if (access(port_path_args[i], F_OK) == 0) snprintf(paths[count++], PATH_MAX, "%s", port_path_args[i]);
+      if (count == n_port_args) break;
+    } else if ((count = find_ports(paths, MAX_PORTS)) > 0) {
+      break;
     }
-    if (tries == 50) logmsg("still waiting for the virtio-serial port envy.0 (%s)", port_path_arg ? port_path_arg : "/sys/class/virtio-ports");
+    if (tries == 50) logmsg("still waiting for the virtio-serial ports envy.N (%s)", n_port_args ? port_path_args[0] : "/sys/class/virtio-ports");
     usleep(100000);
   }
-  conn_in = conn_out = port_fd;
+  for (int i = 0; i < count; i++) {
+    int fd = open(paths[i], O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
+      logmsg("open %s: %s", paths[i], strerror(errno));
+      continue;
+    }
+    host_new(fd, fd, fd);
+  }
+  if (!hosts) {
+    logmsg("no virtio-serial port could be opened");
+    exit(1);
+  }
 }
 
 /* A virtio-serial port reports POLLHUP for as long as no host is connected. */
-static int port_host_present(void) {
-  struct pollfd p = {.fd = port_fd, .events = POLLIN};
+static int port_host_present(const struct host *h) {
+  struct pollfd p = {.fd = h->port_fd, .events = POLLIN};
   if (poll(&p, 1, 0) < 0) return 0;
   return !(p.revents & POLLHUP);
 }
@@ -1401,16 +1479,40 @@ static void pid1_setup(void) {
 
 static void usage(void) {
   fprintf(stderr,
-          "usage: envy-agent [--port PATH | --listen unix:PATH | --stdio]\n"
+          "usage: envy-agent [--port PATH]... | --listen unix:PATH | --stdio\n"
           "  the guest agent of envy's VM backend; see docs/vm-agent.md\n"
-          "  default (as PID 1 or with no option): the virtio-serial port named envy.0\n");
+          "  default (as PID 1 or with no option): every virtio-serial port named envy.N\n");
   exit(2);
+}
+
+static void write_out(struct host *h) {
+  if (!h->connected || !h->out.len || h->conn_out < 0) return;
+  ssize_t put = write(h->conn_out, h->out.p + h->out.off, h->out.len);
+  if (put > 0) buf_consume(&h->out, (size_t)put);
+  else if (put < 0 && errno != EAGAIN && errno != EINTR) host_gone(h);
+}
+
+static void read_in(struct host *h, short revents) {
+  if (h->conn_in < 0) return;
+  uint8_t data[CHUNK];
+  ssize_t got = read(h->conn_in, data, sizeof data);
+  if (got > 0) {
+    if (!h->poisoned) {
+      buf_put(&h->in, data, (size_t)got);
+      cur = h;
+      parse_input();
+    }
+  } else if (got == 0 || (errno != EAGAIN && errno != EINTR)) {
+    host_gone(h);
+  } else if (revents & POLLHUP) {
+    host_gone(h);
+  }
 }
 
 int main(int argc, char **argv) {
   const char *listen_path = NULL;
   for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--port") && i + 1 < argc) port_path_arg = argv[++i];
+    if (!strcmp(argv[i], "--port") && i + 1 < argc && n_port_args < MAX_PORTS) port_path_args[n_port_args++] = argv[++i];
     else if (!strcmp(argv[i], "--listen") && i + 1 < argc && !strncmp(argv[i + 1], "unix:", 5)) listen_path = argv[++i] + 5;
     else if (!strcmp(argv[i], "--stdio")) mode_stdio = 1;
     else usage();
@@ -1438,9 +1540,8 @@ int main(int argc, char **argv) {
   }
 
   if (mode_stdio) {
-    conn_in = 0, conn_out = 1;
     set_nonblock(0), set_nonblock(1);
-    host_connected = 1;
+    host_new(0, 1, -1)->connected = 1;
   } else if (listen_path) {
     listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
@@ -1450,60 +1551,72 @@ int main(int argc, char **argv) {
     }
     strcpy(addr.sun_path, listen_path);
     unlink(listen_path);
-    if (bind(listen_fd, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(listen_fd, 4) < 0) {
+    if (bind(listen_fd, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(listen_fd, 16) < 0) {
       logmsg("listen on %s: %s", listen_path, strerror(errno));
       return 1;
     }
   } else {
-    open_port();
+    open_ports();
   }
 
   for (;;) {
-    if (port_fd >= 0 && !host_connected && port_host_present()) host_connected = 1;
+    int waiting_port = 0;
+    for (struct host *h = hosts; h; h = h->next) {
+      if (h->port_fd >= 0 && !h->connected) {
+        if (port_host_present(h)) h->connected = 1;
+        else waiting_port = 1;
+      }
+    }
 
     /* 0 conn-in, 1 conn-out, 2 listen, 3 signals, 10 child in, 11 child out, 12 child err, 13 watch */
     static struct pollfd *pfds;
     static struct chan **owner;
+    static struct host **hostof;
     static int *which;
     static size_t cap;
-    size_t need = 4;
-    for (struct chan *c = chans; c; c = c->next) need += 3;
+    size_t need = 3;
+    for (struct host *h = hosts; h; h = h->next) {
+      need += 2;
+      for (struct chan *c = h->chans; c; c = c->next) need += 3;
+    }
     if (need > cap) {
       cap = need * 2;
       pfds = xrealloc(pfds, cap * sizeof *pfds);
       owner = xrealloc(owner, cap * sizeof *owner);
+      hostof = xrealloc(hostof, cap * sizeof *hostof);
       which = xrealloc(which, cap * sizeof *which);
     }
     nfds_t n = 0;
-#define ADD(fd_, ev_, who_, c_) \
+#define ADD(fd_, ev_, who_, c_, h_) \
   do { \
-    pfds[n] = (struct pollfd){.fd = (fd_), .events = (ev_)}, which[n] = (who_), owner[n] = (c_), n++; \
+    pfds[n] = (struct pollfd){.fd = (fd_), .events = (ev_)}, which[n] = (who_), owner[n] = (c_), hostof[n] = (h_), n++; \
   } while (0)
-    ADD(sig_fd, POLLIN, 3, NULL);
-    if (host_connected) {
-      ADD(conn_in, POLLIN, 0, NULL);
-      if (out.len) ADD(conn_out, POLLOUT, 1, NULL);
-    } else if (listen_fd >= 0) {
-      ADD(listen_fd, POLLIN, 2, NULL);
-    }
+    ADD(sig_fd, POLLIN, 3, NULL, NULL);
+    if (listen_fd >= 0) ADD(listen_fd, POLLIN, 2, NULL, NULL);
     int busy = 0, grace = 0;
-    for (struct chan *c = chans; c; c = c->next) {
-      if (c->kind == K_EXEC) {
-        int room = c->credit > 0 && out.len < OUT_HIGH;
-        if (c->in_fd >= 0 && (c->inq.len || c->in_eof == 1)) ADD(c->in_fd, POLLOUT, 10, c);
-        if (c->out_fd >= 0 && room) ADD(c->out_fd, POLLIN, 11, c);
-        if (c->err_fd >= 0 && room) ADD(c->err_fd, POLLIN, 12, c);
-        if (c->exited && room) {
-          if (c->tty) grace = 1;
-          else busy = 1;
+    for (struct host *h = hosts; h; h = h->next) {
+      if (h->connected) {
+        ADD(h->conn_in, POLLIN, 0, NULL, h);
+        if (h->out.len) ADD(h->conn_out, POLLOUT, 1, NULL, h);
+      }
+      for (struct chan *c = h->chans; c; c = c->next) {
+        if (c->kind == K_EXEC) {
+          int room = c->credit > 0 && h->out.len < OUT_HIGH;
+          if (c->in_fd >= 0 && (c->inq.len || c->in_eof == 1)) ADD(c->in_fd, POLLOUT, 10, c, h);
+          if (c->out_fd >= 0 && room) ADD(c->out_fd, POLLIN, 11, c, h);
+          if (c->err_fd >= 0 && room) ADD(c->err_fd, POLLIN, 12, c, h);
+          if (c->exited && room) {
+            if (c->tty) grace = 1;
+            else busy = 1;
+          }
+        } else if (c->kind == K_WATCH) {
+          ADD(c->fd, POLLIN, 13, c, h);
+        } else if ((c->kind == K_READ && c->credit > 0 && h->out.len < OUT_HIGH) || c->kind == K_HASH) {
+          busy = 1;
         }
-      } else if (c->kind == K_WATCH) {
-        ADD(c->fd, POLLIN, 13, c);
-      } else if ((c->kind == K_READ && c->credit > 0 && out.len < OUT_HIGH) || c->kind == K_HASH) {
-        busy = 1;
       }
     }
-    int timeout = busy ? 0 : grace ? 5 : (port_fd >= 0 && !host_connected) ? 10 : -1;
+    int timeout = busy ? 0 : grace ? 5 : waiting_port ? 10 : -1;
     int ready = poll(pfds, n, timeout);
     if (ready < 0 && errno != EINTR) {
       logmsg("poll: %s", strerror(errno));
@@ -1514,13 +1627,15 @@ int main(int argc, char **argv) {
     for (nfds_t i = 0; ready > 0 && i < n; i++) {
       if (!pfds[i].revents) continue;
       struct chan *c = owner[i];
+      struct host *h = hostof[i];
       if (c) {
         /* Channels freed earlier in this pass must not be touched. */
-        struct chan *x = chans;
-        while (x && x != c) x = x->next;
         int fd = pfds[i].fd;
-        if (!x || (fd != c->in_fd && fd != c->out_fd && fd != c->err_fd && fd != c->fd)) continue;
+        if (!chan_live(c) || (fd != c->in_fd && fd != c->out_fd && fd != c->err_fd && fd != c->fd)) continue;
       }
+      /* A host that went earlier in this pass has no connection to serve. */
+      if (h && !h->connected) continue;
+      cur = h;
       switch (which[i]) {
       case 3: {
         struct signalfd_siginfo si;
@@ -1536,31 +1651,14 @@ int main(int argc, char **argv) {
       }
       case 2: {
         int fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd >= 0) conn_in = conn_out = fd, host_connected = 1;
+        if (fd >= 0) host_new(fd, fd, -1)->connected = 1;
         break;
       }
-      case 0: {
-        if (conn_in < 0) break;
-        uint8_t data[CHUNK];
-        ssize_t got = read(conn_in, data, sizeof data);
-        if (got > 0) {
-          if (!poisoned) {
-            buf_put(&in, data, (size_t)got);
-            parse_input();
-          }
-        } else if (got == 0 || (errno != EAGAIN && errno != EINTR)) {
-          host_gone();
-        } else if (pfds[i].revents & POLLHUP) {
-          host_gone();
-        }
+      case 0:
+        read_in(h, pfds[i].revents);
         break;
-      }
       case 1:
-        if (conn_out >= 0 && out.len) {
-          ssize_t put = write(conn_out, out.p + out.off, out.len);
-          if (put > 0) buf_consume(&out, (size_t)put);
-          else if (put < 0 && errno != EAGAIN && errno != EINTR) host_gone();
-        }
+        write_out(h);
         break;
       case 10:
         pump_input(c);
@@ -1578,46 +1676,48 @@ int main(int argc, char **argv) {
     }
 
     /* Work that poll does not announce: draining exited children, reading and hashing files. */
-    for (struct chan *c = chans, *next; c; c = next) {
-      next = c->next;
-      if (c->kind == K_EXEC && c->exited) {
-        drain_exited(c);
-      } else if (c->kind == K_READ && c->credit > 0 && out.len < OUT_HIGH) {
-        uint8_t data[CHUNK];
-        size_t want = c->credit < CHUNK ? c->credit : CHUNK;
-        ssize_t got = read(c->fd, data, want);
-        if (got > 0) {
-          send_frame(A_DATA, c->id, data, (size_t)got);
-          c->credit -= (uint32_t)got;
-        } else if (got == 0 || errno != EINTR) {
-          send_result(c->id, got == 0 ? 0 : errno);
-          chan_free(c);
-        }
-      } else if (c->kind == K_HASH) {
-        uint8_t data[CHUNK];
-        ssize_t got = read(c->fd, data, sizeof data);
-        if (got > 0) {
-          sha256_update(&c->sha, data, (size_t)got);
-        } else if (got == 0) {
-          char hex[65];
-          sha256_hex(&c->sha, hex);
-          struct buf b = {0};
-          put_u32(&b, 0);
-          put_str(&b, hex, 64);
-          send_built(A_RESULT, c->id, &b);
-          chan_free(c);
-        } else if (errno != EINTR) {
-          send_result(c->id, errno);
-          chan_free(c);
+    for (struct host *h = hosts; h; h = h->next) {
+      cur = h;
+      for (struct chan *c = h->chans, *next; c; c = next) {
+        next = c->next;
+        if (c->kind == K_EXEC && c->exited) {
+          drain_exited(c);
+        } else if (c->kind == K_READ && c->credit > 0 && h->out.len < OUT_HIGH) {
+          uint8_t data[CHUNK];
+          size_t want = c->credit < CHUNK ? c->credit : CHUNK;
+          ssize_t got = read(c->fd, data, want);
+          if (got > 0) {
+            send_frame(A_DATA, c->id, data, (size_t)got);
+            c->credit -= (uint32_t)got;
+          } else if (got == 0 || errno != EINTR) {
+            send_result(c->id, got == 0 ? 0 : errno);
+            chan_free(c);
+          }
+        } else if (c->kind == K_HASH) {
+          uint8_t data[CHUNK];
+          ssize_t got = read(c->fd, data, sizeof data);
+          if (got > 0) {
+            sha256_update(&c->sha, data, (size_t)got);
+          } else if (got == 0) {
+            char hex[65];
+            sha256_hex(&c->sha, hex);
+            struct buf b = {0};
+            put_u32(&b, 0);
+            put_str(&b, hex, 64);
+            send_built(A_RESULT, c->id, &b);
+            chan_free(c);
+          } else if (errno != EINTR) {
+            send_result(c->id, errno);
+            chan_free(c);
+          }
         }
       }
+      /* Write eagerly: most frames fit the socket buffer and need no extra poll round. */
+      write_out(h);
+      /* A socket host that broke the protocol is told why, then disconnected; a port waits for its host to go. */
+      if (h->poisoned && !h->out.len && h->connected && h->port_fd < 0) host_gone(h);
     }
-
-    /* Write eagerly: most frames fit the socket buffer and need no extra poll round. */
-    if (host_connected && out.len && conn_out >= 0) {
-      ssize_t put = write(conn_out, out.p + out.off, out.len);
-      if (put > 0) buf_consume(&out, (size_t)put);
-    }
-    if (poisoned && !out.len && host_connected && port_fd < 0) host_gone();
+    cur = NULL;
+    remove_gone_hosts();
   }
 }

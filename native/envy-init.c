@@ -9,8 +9,9 @@
  *                                 .modinfo `depends=`: the Debian .deb has no modules.dep)
  *   root /dev/vda                 the ext4 root disk (virtio-blk)
  *   agent /envy/agent             copied to /run/envy/agent in the new root and exec'd as
- *                                 PID 1 with `--port /dev/vportNpM` (the port named envy.0)
+ *                                 PID 1 with `--port /dev/vportNpM` for each of its ports
  *   port envy.0                   the virtio-serial port name the host listens on
+ *   agent-port envy.1             more ports for the agent (one per concurrent host connection)
  *   hostname NAME                 (ENVY_HOSTNAME=NAME on the kernel command line wins)
  *   net 10.0.2.15/24 10.0.2.2     eth0's address and gateway (qemu user networking)
  *
@@ -22,6 +23,7 @@
  * log) prefixed with `envy-init:`.
  */
 #define _GNU_SOURCE
+#define MAX_AGENT_PORTS 31
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
@@ -268,6 +270,8 @@ int main(int argc, char **argv) {
   must_mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
   must_mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 
+  static char agent_ports[MAX_AGENT_PORTS][64];
+  int agent_port_count = 0;
   char root[128] = "/dev/vda", agent[256] = "", port_name[64] = "envy.0", hostname[65] = "", net_addr[64] = "", net_gw[64] = "";
   char *modules[MAX_MODULES];
   int module_count = 0;
@@ -283,6 +287,7 @@ int main(int argc, char **argv) {
     else if (strcmp(line, "root") == 0) snprintf(root, sizeof root, "%s", value);
     else if (strcmp(line, "agent") == 0) snprintf(agent, sizeof agent, "%s", value);
     else if (strcmp(line, "port") == 0) snprintf(port_name, sizeof port_name, "%s", value);
+    else if (strcmp(line, "agent-port") == 0 && agent_port_count < MAX_AGENT_PORTS) snprintf(agent_ports[agent_port_count++], 64, "%s", value);
     else if (strcmp(line, "hostname") == 0) snprintf(hostname, sizeof hostname, "%s", value);
     else if (strcmp(line, "net") == 0) sscanf(value, "%63s %63s", net_addr, net_gw);
   }
@@ -330,8 +335,24 @@ int main(int argc, char **argv) {
   bool have_port = find_port(port_name, port, sizeof port, 5000);
   if (agent[0]) {
     if (!have_port) die("no virtio-serial port named %s", port_name);
-    say("starting the agent on %s", port);
-    execl("/run/envy/agent", "envy-agent", "--port", port, (char *)NULL);
+    static char paths[MAX_AGENT_PORTS][300];
+    char *args[2 * MAX_AGENT_PORTS + 4];
+    int n = 0;
+    args[n++] = "envy-agent";
+    args[n++] = "--port";
+    args[n++] = port;
+    for (int i = 0; i < agent_port_count; i++) {
+      /* All ports of the device are announced together: they are there once envy.0 is. */
+      if (!find_port(agent_ports[i], paths[i], sizeof paths[i], 1000)) {
+        say("warning: no virtio-serial port named %s", agent_ports[i]);
+        continue;
+      }
+      args[n++] = "--port";
+      args[n++] = paths[i];
+    }
+    args[n] = NULL;
+    say("starting the agent on %s and %d more ports, %ld ms after the kernel started", port, (n - 3) / 2, now_ms());
+    execv("/run/envy/agent", args);
     die("exec /run/envy/agent: %s", strerror(errno));
   }
 

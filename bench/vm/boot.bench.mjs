@@ -6,7 +6,7 @@
 // The first run builds the image (Debian + kernel, minutes); ENVY_BENCH_VM_HOME keeps that state
 // between runs. Run as root it runs everything as the unprivileged `envtest` user.
 import { execFileSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -37,13 +37,26 @@ try {
   const started = Date.now();
   sh(envy('up --quiet'));
   console.log(`first \`envy up\` (build, disk, boot): ${((Date.now() - started) / 1000).toFixed(1)} s (cached after the first run)\n`);
-  // Each sample: stop the VM (not timed), then time the exec that boots it.
+  // Each sample: stop the VM (not timed), then time the exec that boots it, and where the time went:
+  // envy-init's console line (kernel start -> init, modules + root, kernel start -> agent) and the
+  // runtime's own marks in run/vm.json (from spawning qemu: agent answered, workspace copied, ready).
+  const envDir = () => join(work, 'home/environments', readdirSync(join(work, 'home/environments')).find((name) => name.startsWith('bench-vm-')));
+  const phases = [];
   const samples = [];
   for (let i = 0; i < 3; i++) {
     sh(envy('down'));
     const t = process.hrtime.bigint();
     sh(envy('exec -- true'));
     samples.push(Number(process.hrtime.bigint() - t) / 1e6);
+    const consoleLog = readFileSync(join(envDir(), 'logs/vm-console.log'), 'utf8');
+    const init = [...consoleLog.matchAll(/(\d+) modules loaded and \S+ mounted in (\d+) ms \(the kernel took (\d+) ms/g)].at(-1);
+    const agentAt = [...consoleLog.matchAll(/, (\d+) ms after the kernel started/g)].at(-1);
+    const state = JSON.parse(readFileSync(join(envDir(), 'run/vm.json'), 'utf8'));
+    phases.push({ kernelToInit: Number(init?.[3]), modules: Number(init?.[2]), kernelToAgent: Number(agentAt?.[1]), ...state.bootMs });
+  }
+  console.log('boot phases (ms; kernel* from the guest clock, the rest from spawning qemu):');
+  for (const p of phases) {
+    console.log(`  kernel->init ${p.kernelToInit}, modules+root ${p.modules}, kernel->agent ${p.kernelToAgent} | qemu spawn->agent answered ${p.answered}, ->workspace copied ${p.copied}, ->ready ${p.ready}`);
   }
   samples.sort((x, y) => x - y);
   const mean = samples.reduce((x, y) => x + y, 0) / samples.length;

@@ -20,7 +20,7 @@ import { tempName } from '../image/temp.js';
 import type { ExtractResult } from '../image/extract.js';
 import type { Reporter } from '../cli/ui/events.js';
 import { packageName, pinnedRequest } from '../plan/packages.js';
-import { KERNEL_MARKER, kernelScript } from '../plan/kernel.js';
+import { KERNEL_MARKER, kernelFileScript, kernelScript } from '../plan/kernel.js';
 import type { BaseStep, BuildPlan, FilesStep, KernelStep, PackagesStep, RunStep, Step, UserStep } from '../plan/types.js';
 import { NamespaceRuntime } from '../runtime/namespace/runtime.js';
 import type { EnvironmentConfig, Identity, MountRequest, ProcessSpec } from '../runtime/types.js';
@@ -190,6 +190,10 @@ export class Executor {
       case 'env':
         return this.derive(step, parent, [], { env: mergeEnv(parent.config.env, step.env) });
       case 'kernel':
+        if (step.file) {
+          const script = kernelFileScript(step.file, '/.envy-src');
+          return this.runStep(step, parent, log, { argv: ['/bin/sh', '-c', `set -e\n${script}`], root: true, extraMounts: [{ type: 'bind', source: this.options.projectDir, target: '/.envy-src', readonly: true }] });
+        }
         return this.runStep(step, parent, log, { argv: ['/bin/sh', '-c', `set -e\n${kernelScript(step)}`], root: true });
       case 'packages':
         return this.runStep(step, parent, log, { argv: ['/bin/sh', '-c', this.packagesScript(step)], root: true });
@@ -321,7 +325,7 @@ export class Executor {
     try {
       const mounts: MountRequest[] = [...(how.extraMounts ?? [])];
       if (parent.config.labels?.[HOST_BASE_LABEL]) mounts.push({ type: 'bind', source: '/usr', target: '/usr', readonly: true });
-      if ((step.kind === 'packages' && step.manager === 'apt') || step.kind === 'kernel') {
+      if ((step.kind === 'packages' && step.manager === 'apt') || (step.kind === 'kernel' && !step.file)) {
         const archives = join(cacheDir(), 'apt-archives');
         mkdirSync(join(archives, 'partial'), { recursive: true });
         mounts.push({ type: 'bind', source: archives, target: '/var/cache/apt/archives' });
@@ -370,7 +374,7 @@ export class Executor {
         });
       }
       if (step.kind === 'packages') this.collectVersions(step, log.tail);
-      if (step.kind === 'kernel') {
+      if (step.kind === 'kernel' && !step.file) {
         const marker = log.tail.find((l) => l.startsWith(KERNEL_MARKER));
         const [name, version] = marker?.slice(KERNEL_MARKER.length).split('\t') ?? [];
         if (!name || !version) throw new EnvyError('BUILD', `step "${step.label}" did not say which kernel it unpacked`, { details: [`log: ${log.path}`] });

@@ -55,7 +55,7 @@ export async function loadSpec(file: string, options: LoadOptions = {}): Promise
   const problems = [...parsed.diagnostics, ...schemaProblems];
   if (problems.length > 0) throw diagnosticsError(problems, label, parsed.lines);
 
-  const { spec, diagnostics } = normalizeSpec(parsed.value as Record<string, unknown>, parsed.index);
+  const { spec, diagnostics } = normalizeSpec(parsed.value as Record<string, unknown>, parsed.index, undefined, dirname(absolute));
   if (diagnostics.length > 0) throw diagnosticsError(diagnostics, label, parsed.lines);
   return { spec, source: { file: absolute, dir: dirname(absolute), digest: read.digest } };
 }

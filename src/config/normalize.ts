@@ -3,7 +3,9 @@
  * every default filled in, and the checks a schema cannot express (paths that
  * escape the project, port ranges inside strings, duplicate mount targets).
  */
-import { posix } from 'node:path';
+import { statSync } from 'node:fs';
+import { join, posix } from 'node:path';
+import { inspectKernelFile } from './kernel-file.js';
 import type { Diagnostic, NodeIndex, PathSegment } from './diagnostics.js';
 import { toPointer } from './diagnostics.js';
 import type {
@@ -53,7 +55,8 @@ export interface Normalized {
   diagnostics: Diagnostic[];
 }
 
-export function normalizeSpec(raw: Raw, index: NodeIndex, arch: Arch = hostArch()): Normalized {
+/** `projectDir`: where env.yaml is, for checks of the project files it names (a kernel file). */
+export function normalizeSpec(raw: Raw, index: NodeIndex, arch: Arch = hostArch(), projectDir?: string): Normalized {
   const diagnostics: Diagnostic[] = [];
   const problem = (path: PathSegment[], message: string, hint?: string, where: 'key' | 'value' = 'value') => {
     const node = index.get(toPointer(path));
@@ -86,7 +89,7 @@ export function normalizeSpec(raw: Raw, index: NodeIndex, arch: Arch = hostArch(
     hooks: normalizeHooks(raw.hooks as Raw | undefined),
     network: (raw.network as EnvSpec['network'] | undefined) ?? DEFAULTS.network,
     resources: {},
-    backend: normalizeBackend(raw.backend, arch, problem),
+    backend: normalizeBackend(raw.backend, arch, problem, projectDir),
   };
   if (spec.workspace.sync === '9p' && spec.backend.type !== 'vm') {
     problem(['workspace', 'sync'], '`9p` shares the project into a VM and needs `backend: vm`', 'use `bind` (the default) for this backend, or set `backend: vm`');
@@ -327,10 +330,31 @@ function normalizeHooks(hooks: Raw | undefined): HooksSpec {
   return { onCreate: list(hooks?.onCreate), postStart: list(hooks?.postStart), postAttach: list(hooks?.postAttach) };
 }
 
+/** A Debian kernel version (6.1.0-18, 6.1.0-18-amd64); anything else is a kernel file's path. */
+const DEBIAN_KERNEL_VERSION = /^[0-9][0-9a-z.+~-]*$/;
+
+function checkKernelFile(projectDir: string, file: string, arch: Arch, report: Report): void {
+  const path = ['backend', 'kernel'];
+  let found: ReturnType<typeof inspectKernelFile>;
+  try {
+    if (!statSync(join(projectDir, file)).isFile()) {
+      report(path, `${file} is not a file`, 'name the kernel image itself (vmlinux, bzImage or Image)');
+      return;
+    }
+    found = inspectKernelFile(join(projectDir, file));
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    report(path, code === 'ENOENT' ? `the kernel file ${file} does not exist` : `cannot read the kernel file ${file} (${code ?? (error as Error).message})`, 'give a path relative to env.yaml, or a Debian kernel version such as 6.1.0-18');
+    return;
+  }
+  if (typeof found === 'string') report(path, `${file} is ${found}`, 'x86_64 boots a bzImage or vmlinux, aarch64 an Image (or Image.gz)');
+  else if (found.arch !== arch) report(path, `${file} is an ${found.arch} kernel (${found.format}), but the VM is ${arch}`, `set backend.arch: ${found.arch}, or use a kernel built for ${arch}`);
+}
+
 const ARCH_ALIASES: Record<string, Arch> = { x86_64: 'x86_64', amd64: 'x86_64', aarch64: 'aarch64', arm64: 'aarch64' };
 const VM_ONLY = ['arch', 'kernel', 'memory', 'cpus'] as const;
 
-function normalizeBackend(backend: unknown, arch: Arch, report: Report): BackendSpec {
+function normalizeBackend(backend: unknown, arch: Arch, report: Report, projectDir: string | undefined): BackendSpec {
   const vmDefaults = (): BackendSpec => ({ type: 'vm', arch, memory: DEFAULTS.vmMemoryBytes, cpus: DEFAULTS.vmCpus });
   if (backend === undefined || backend === 'namespace') return { type: 'namespace' };
   if (backend === 'vm') return vmDefaults();
@@ -348,8 +372,14 @@ function normalizeBackend(backend: unknown, arch: Arch, report: Report): Backend
     cpus: (raw.cpus as number | undefined) ?? DEFAULTS.vmCpus,
   };
   if (raw.kernel !== undefined) {
-    // A version naming a Debian package (the schema's pattern); kernel files are not supported yet.
-    out.kernel = raw.kernel as string;
+    const value = raw.kernel as string;
+    if (DEBIAN_KERNEL_VERSION.test(value)) out.kernel = value;
+    else {
+      out.kernelFile = projectPath(value, ['backend', 'kernel'], report);
+      // (projectPath reported a path outside the project already.)
+      const inside = !posix.isAbsolute(out.kernelFile) && out.kernelFile !== '..' && !out.kernelFile.startsWith('../');
+      if (projectDir !== undefined && inside) checkKernelFile(projectDir, out.kernelFile, out.arch, report);
+    }
   }
   return out;
 }

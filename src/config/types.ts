@@ -115,8 +115,10 @@ export type BackendSpec =
   | {
       type: 'vm';
       arch: Arch;
-      /** A Debian kernel package version to pin, or a path to a kernel file (relative to the project). */
+      /** A Debian kernel package version to pin (linux-image-VERSION-FLAVOUR). */
       kernel?: string;
+      /** Or a kernel file of the project (relative to env.yaml's directory, normalized). */
+      kernelFile?: string;
       /** Bytes. */
       memory: number;
       cpus: number;

@@ -10,7 +10,8 @@ import { LayerStore } from '../image/store.js';
 import { compilePlan } from '../plan/compile.js';
 import { packageName } from '../plan/packages.js';
 import { checkFrozen, refreshLock, renderLock, writeLock } from '../plan/lock.js';
-import type { BuildPlan, EnvLock, UserStep } from '../plan/types.js';
+import type { BuildPlan, EnvLock, KernelStep, UserStep } from '../plan/types.js';
+import { EnvyError } from '../errors.js';
 import type { Identity } from '../runtime/types.js';
 import { environmentId, environmentPaths } from '../state/environments.js';
 
@@ -31,6 +32,12 @@ export function planIdentity(plan: BuildPlan): Identity {
 export async function buildProject(project: Project, options: { frozen: boolean; reporter: Reporter; signal?: AbortSignal }): Promise<ProjectBuild> {
   if (options.frozen) checkFrozen(project.spec, project.lock);
   const plan = compilePlan(project.spec, project.source.dir, project.lock);
+  const kernelFile = plan.steps.find((s): s is KernelStep => s.kind === 'kernel')?.file;
+  if (options.frozen && kernelFile && project.lock?.kernel?.digest !== kernelFile.digest) {
+    throw new EnvyError('LOCK_MISMATCH', `backend.kernel: the kernel file ${kernelFile.src} is not the one env.lock records (${project.lock?.kernel?.digest?.slice(0, 19) ?? 'no digest'}, now ${kernelFile.digest.slice(0, 19)})`, {
+      hint: 'run envy up without --frozen to record the new kernel in env.lock, then commit it',
+    });
+  }
   const identity = planIdentity(plan);
   const store = LayerStore.open();
   const id = environmentId(project.source.dir, project.spec.name);
@@ -54,7 +61,8 @@ export async function buildProject(project: Project, options: { frozen: boolean;
       if (version !== undefined && lock.packages[manager][request] === null) lock.packages[manager][request] = version;
     }
   }
-  if (lock.kernel && result.resolved.kernel && !lock.kernel.resolved) {
+  if (lock.kernel?.file !== undefined && kernelFile) lock.kernel = { file: lock.kernel.file, digest: kernelFile.digest };
+  if (lock.kernel?.package !== undefined && result.resolved.kernel && !lock.kernel.resolved) {
     lock.kernel = { package: lock.kernel.package, resolved: result.resolved.kernel.package, version: result.resolved.kernel.version };
   }
   const lockChanged = !project.lock || renderLock(project.lock) !== renderLock(lock);

@@ -16,7 +16,8 @@
  * keeps everything before it shareable. Root setup steps that precede it run
  * before the env user exists.
  */
-import { openSync, readSync, closeSync, statSync } from 'node:fs';
+import { openSync, readSync, closeSync, readFileSync, statSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { userInfo } from 'node:os';
 import { posix } from 'node:path';
 import type { Arch, BaseSource, EnvSpec, FileCopy, SetupStep, UserSpec } from '../config/types.js';
@@ -26,9 +27,10 @@ import { EnvyError } from '../errors.js';
 import { canonicalDigest, type Canonical } from './canonical.js';
 import { checkProjectPath, confine, hashFileSync, projectRoot, treeDigest, treeEntries } from './content.js';
 import { expandGlob, hasMagic } from './glob.js';
+import { identifyKernel, kernelRelease } from '../config/kernel-file.js';
 import { kernelPackage } from './kernel.js';
 import { lockedBaseDigest } from './lock.js';
-import type { BaseStep, BuildPlan, EnvLock, EnvStep, FilesStep, KernelStep, OciFormat, PackagesStep, RunStep, Step, UserStep } from './types.js';
+import type { BaseStep, BuildPlan, EnvLock, EnvStep, FilesStep, KernelFile, KernelStep, OciFormat, PackagesStep, RunStep, Step, UserStep } from './types.js';
 
 /** Bumped when the key derivation changes, so stores never confuse keys of two derivations. */
 export const KEY_FORMAT = 1;
@@ -61,10 +63,15 @@ export function compilePlan(spec: EnvSpec, projectDir: string, lock?: EnvLock, o
 
   // Right after the base: editing packages or setup never refetches the kernel.
   const kernel = kernelPackage(spec);
+  if (spec.backend.type === 'vm' && spec.base.kind === 'host') {
+    throw new EnvyError('CONFIG_INVALID', 'backend: vm needs an image with its own /usr; base: host shares the host\'s', { hint: 'use a debian or image base with backend: vm' });
+  }
+  if (spec.backend.type === 'vm' && spec.backend.kernelFile !== undefined) {
+    const file = kernelFile(spec.backend.kernelFile, root, arch);
+    // The key is the bytes, not the name: a renamed file builds the same image.
+    add<KernelStep>({ kind: 'kernel', arch, file, label: `kernel file ${file.src} (${file.release}, ${arch})` }, { arch, file: file.digest });
+  }
   if (kernel !== undefined) {
-    if (spec.base.kind === 'host') {
-      throw new EnvyError('CONFIG_INVALID', 'backend: vm needs an image with its own /usr; base: host shares the host\'s', { hint: 'use a debian or image base with backend: vm' });
-    }
     const locked = lock?.kernel;
     const pinned = locked && locked.package === kernel && locked.resolved && locked.version ? { package: locked.resolved, version: locked.version } : undefined;
     const label = `kernel ${pinned ? `${pinned.package}=${pinned.version}` : kernel} (${arch})`;
@@ -122,6 +129,30 @@ export function compilePlan(spec: EnvSpec, projectDir: string, lock?: EnvLock, o
   if (!userAdded) addUser();
 
   return { name: spec.name, steps, key: steps.at(-1)!.key, workdir: spec.workdir, env };
+}
+
+/** The project's kernel file: its digest and release, read once (config loading checked its format and arch). */
+function kernelFile(path: string, root: string, arch: Arch): KernelFile {
+  const field = 'backend.kernel';
+  const src = checkProjectPath(path, field);
+  const real = confine(root, src, field);
+  let bytes: Buffer;
+  try {
+    bytes = readFileSync(real);
+  } catch (error) {
+    throw new EnvyError('CONFIG_INVALID', `${field}: cannot read the kernel file ${src} (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`);
+  }
+  const found = identifyKernel(bytes.subarray(0, 64 * 1024));
+  if (typeof found === 'string' || found.arch !== arch) {
+    throw new EnvyError('CONFIG_INVALID', `${field}: ${src} is ${typeof found === 'string' ? found : `an ${found.arch} kernel, but the VM is ${arch}`}`);
+  }
+  const release = kernelRelease(bytes, found.format);
+  if (!release) {
+    throw new EnvyError('CONFIG_INVALID', `${field}: ${src} states no kernel release (no "Linux version" banner)`, {
+      hint: 'use the kernel image as the kernel build made it (vmlinux, arch/*/boot/bzImage or Image)',
+    });
+  }
+  return { src, digest: `sha256:${createHash('sha256').update(bytes).digest('hex')}`, release };
 }
 
 /** env order must not matter: `A` then `B` builds the same image as `B` then `A`. */

@@ -14,7 +14,7 @@ import type { EnvSpec } from '../config/types.js';
 import { sourcesFor } from '../image/debian.js';
 import { EnvyError } from '../errors.js';
 import { quoteArg } from '../exec.js';
-import { kernelScript } from './kernel.js';
+import { kernelFileTarget, kernelScript, KERNEL_FILE_MARKER } from './kernel.js';
 import { pinnedRequest } from './packages.js';
 import type { BaseStep, BuildPlan, FilesStep, PackagesStep, RunStep, UserStep } from './types.js';
 
@@ -54,6 +54,10 @@ export function renderDockerfile(plan: BuildPlan, spec: EnvSpec): string {
       case 'kernel':
         useShell(DEFAULT_SHELL);
         useUser('root');
+        if (step.file) {
+          out.push(`COPY --chmod=0644 ${step.file.src} ${kernelFileTarget(step.file)}`, `RUN echo ${step.file.release} > ${KERNEL_FILE_MARKER}`);
+          return;
+        }
         out.push(`RUN ${kernelScript(step).split('\n').join(' && \\\n    ')}`);
         return;
       case 'packages':

@@ -7,7 +7,7 @@
  */
 import type { Arch, EnvSpec } from '../config/types.js';
 import { EnvyError } from '../errors.js';
-import type { KernelStep } from './types.js';
+import type { KernelFile, KernelStep } from './types.js';
 
 export const KERNEL_MARKER = 'envy-resolved\tkernel\t';
 
@@ -15,8 +15,21 @@ function quote(value: string): string {
   return `'${value.replace(/'/g, `'\\''`)}'`;
 }
 
+/** Where a kernel file goes in the image, and the marker that makes it the one the VM boots. */
+export function kernelFileTarget(file: KernelFile): string {
+  return `/boot/vmlinuz-${file.release}`;
+}
+export const KERNEL_FILE_MARKER = '/boot/.envy-kernel';
+
+/** The kernel file step's script: the file comes from the project at `from` (the build binds it read-only). */
+export function kernelFileScript(file: KernelFile, from: string): string {
+  const target = kernelFileTarget(file);
+  return ['mkdir -p /boot', `cp ${quote(`${from}/${file.src}`)} ${quote(target)}`, `chmod 0644 ${quote(target)}`, `echo ${quote(file.release)} > ${KERNEL_FILE_MARKER}`].join('\n');
+}
+
 /** One command per line: the Dockerfile joins them with `&&`, the executor runs them under `set -e`. */
 export function kernelScript(step: KernelStep): string {
+  if (step.package === undefined) throw new EnvyError('INTERNAL', `kernel step ${step.label} has no package`);
   const resolve = step.pinned
     ? `real=${quote(step.pinned.package)} && version=${quote(step.pinned.version)}`
     : `real=$(apt-cache depends --important ${quote(step.package)} | sed -n 's/^ *Depends: \\(linux-image-[0-9][^ ]*\\)$/\\1/p' | head -n1) && real=\${real:-${quote(step.package)}} && version=$(apt-cache policy "$real" | sed -n 's/^ *Candidate: //p')`;
@@ -40,19 +53,14 @@ export function kernelFlavour(arch: Arch): string {
 }
 
 /**
- * The kernel package a VM plan installs, or undefined for the namespace backend. backend.kernel
- * `6.1.0-18` pins linux-image-6.1.0-18-amd64; a value with `/` (a kernel file) is refused for now.
+ * The kernel package a VM plan installs, or undefined for the namespace backend and for a kernel
+ * file (backend.kernel as a path). backend.kernel `6.1.0-18` pins linux-image-6.1.0-18-amd64.
  */
 export function kernelPackage(spec: EnvSpec): string | undefined {
-  if (spec.backend.type !== 'vm') return undefined;
+  if (spec.backend.type !== 'vm' || spec.backend.kernelFile !== undefined) return undefined;
   const flavour = kernelFlavour(spec.backend.arch);
   const wanted = spec.backend.kernel;
   if (wanted === undefined) return `linux-image-${flavour}`;
-  if (wanted.includes('/')) {
-    throw new EnvyError('CONFIG_INVALID', `backend.kernel: a kernel file from the project ("${wanted}") is not supported by this version of envy`, {
-      hint: 'give a Debian kernel version such as 6.1.0-18, or leave backend.kernel out for the current linux-image package',
-    });
-  }
   if (!/^[0-9][0-9a-z.+~-]*$/.test(wanted)) {
     throw new EnvyError('CONFIG_INVALID', `backend.kernel: "${wanted}" is neither a Debian kernel version (like 6.1.0-18) nor a path`, {
       hint: 'write a version such as 6.1.0-18, or a path to a kernel file such as vm/vmlinux',

@@ -56,6 +56,10 @@ export function lockedBaseDigest(base: BaseSource, lock: EnvLock | undefined): s
   return lock && sameBase(lock.base, base) ? lock.base.digest : undefined;
 }
 
+function describeKernel(name: string | undefined, file: string | undefined): string {
+  return name ?? (file !== undefined ? `the kernel file ${file}` : 'none');
+}
+
 export function describeBase(base: BaseSource): string {
   switch (base.kind) {
     case 'debian':
@@ -117,6 +121,7 @@ export function lockFromSpec(spec: EnvSpec): EnvLock {
   const lock: EnvLock = { lockfileVersion: LOCKFILE_VERSION, specDigest: specDigestOf(spec, sections), sections, base: { ...spec.base }, packages };
   const kernel = kernelPackage(spec);
   if (kernel !== undefined) lock.kernel = { package: kernel };
+  else if (spec.backend.type === 'vm' && spec.backend.kernelFile !== undefined) lock.kernel = { file: spec.backend.kernelFile };
   return lock;
 }
 
@@ -135,9 +140,11 @@ export function refreshLock(spec: EnvSpec, previous: EnvLock | undefined): EnvLo
       if (typeof version === 'string') lock.packages[manager][name] = version;
     }
   }
-  if (lock.kernel && previous.kernel?.package === lock.kernel.package && previous.kernel.resolved && previous.kernel.version) {
-    lock.kernel = { ...previous.kernel };
-  }
+  const was = previous.kernel;
+  if (lock.kernel?.package !== undefined && was?.package === lock.kernel.package && was.resolved && was.version) lock.kernel = { ...was };
+  // A kernel file's digest is the build's to write (buildProject): the file may have changed since.
+  if (lock.kernel?.file !== undefined && was?.file === lock.kernel.file && was.digest) lock.kernel = { ...was };
+  return lock;
   return lock;
 }
 
@@ -163,8 +170,9 @@ export function checkFrozen(spec: EnvSpec, lock: EnvLock | undefined): void {
       if (!wanted.includes(name)) problems.push(`packages.${manager}: env.yaml drops "${name}", env.lock still has it`);
     }
   }
-  const kernel = kernelPackage(spec);
-  if (kernel !== lock.kernel?.package) problems.push(`backend: the VM kernel changed from ${lock.kernel?.package ?? 'none'} to ${kernel ?? 'none'}`);
+  const kernel = describeKernel(kernelPackage(spec), spec.backend.type === 'vm' ? spec.backend.kernelFile : undefined);
+  const lockedKernel = describeKernel(lock.kernel?.package, lock.kernel?.file);
+  if (kernel !== lockedKernel) problems.push(`backend: the VM kernel changed from ${lockedKernel} to ${kernel}`);
   const sections = sectionDigests(spec);
   for (const section of SECTIONS) {
     if (lock.sections[section] !== sections[section]) problems.push(`${section}: ${SECTION_CHANGED[section]} since env.lock was written`);
@@ -209,7 +217,8 @@ export function renderLock(lock: EnvLock): string {
   }
   const body: Record<string, unknown> = { lockfileVersion: lock.lockfileVersion, specDigest: lock.specDigest, base, packages };
   if (lock.kernel) {
-    body.kernel = { package: lock.kernel.package, ...(lock.kernel.resolved ? { resolved: lock.kernel.resolved } : {}), ...(lock.kernel.version ? { version: lock.kernel.version } : {}) };
+    const { package: name, resolved, version, file, digest } = lock.kernel;
+    body.kernel = { ...(name ? { package: name } : {}), ...(resolved ? { resolved } : {}), ...(version ? { version } : {}), ...(file ? { file } : {}), ...(digest ? { digest } : {}) };
   }
   body.sections = sections;
   return HEADER + stringify(body, { defaultStringType: 'QUOTE_DOUBLE', defaultKeyType: 'PLAIN', lineWidth: 0 });
@@ -324,8 +333,14 @@ class LockReader {
   private kernel(): LockedKernel {
     const path = ['kernel'];
     const raw = this.map(path);
-    this.only(path, raw, ['package', 'resolved', 'version']);
-    const kernel: LockedKernel = { package: this.string([...path, 'package'], raw.package, /^linux-image-/, 'a linux-image-* package name') };
+    this.only(path, raw, ['package', 'resolved', 'version', 'file', 'digest']);
+    const kernel: LockedKernel = {};
+    if (raw.file !== undefined) {
+      kernel.file = this.string([...path, 'file'], raw.file, /./, 'the kernel file as env.yaml names it');
+      if (raw.digest !== undefined) kernel.digest = this.digest([...path, 'digest'], raw.digest);
+      return kernel;
+    }
+    kernel.package = this.string([...path, 'package'], raw.package, /^linux-image-/, 'a linux-image-* package name');
     if (raw.resolved !== undefined) kernel.resolved = this.string([...path, 'resolved'], raw.resolved, /^linux-image-/, 'a linux-image-* package name');
     if (raw.version !== undefined) kernel.version = this.string([...path, 'version'], raw.version, /./, 'a version string');
     return kernel;

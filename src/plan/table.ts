@@ -76,7 +76,7 @@ function details(step: Step): Record<string, unknown> {
     case 'base':
       return { source: { ...step.source }, arch: step.arch, digest: step.digest, ociFormat: step.ociFormat };
     case 'kernel':
-      return { arch: step.arch, package: step.package, pinned: step.pinned ? { ...step.pinned } : undefined };
+      return { arch: step.arch, package: step.package, pinned: step.pinned ? { ...step.pinned } : undefined, file: step.file ? { ...step.file } : undefined };
     case 'packages':
       return { manager: step.manager, packages: [...step.packages], pinned: { ...step.pinned } };
     case 'files':

@@ -48,8 +48,23 @@ export interface PackagesStep extends StepCommon {
 export interface KernelStep extends StepCommon {
   kind: 'kernel';
   arch: Arch;
-  package: string;
+  /** Debian's package (absent with `file`). */
+  package?: string;
   pinned?: { package: string; version: string };
+  /**
+   * Or the project's own kernel file (backend.kernel as a path), copied to /boot/vmlinuz-RELEASE
+   * with /boot/.envy-kernel naming it; modules come from the image's /lib/modules/RELEASE if any.
+   */
+  file?: KernelFile;
+}
+
+export interface KernelFile {
+  /** Relative to the project directory. */
+  src: string;
+  /** sha256:... of the bytes. */
+  digest: string;
+  /** `uname -r` as the file states it. */
+  release: string;
 }
 
 export interface FilesStep extends StepCommon {
@@ -127,7 +142,10 @@ export interface EnvLock {
 
 export interface LockedKernel {
   /** The package the plan asks for (linux-image-amd64, or a pinned linux-image-VERSION-FLAVOUR). */
-  package: string;
+  package?: string;
+  /** Or the project's kernel file and the digest of what was built from it. */
+  file?: string;
+  digest?: string;
   /** The real kernel package and its version that build installed, e.g. linux-image-6.1.0-18-amd64 / 6.1.76-1. */
   resolved?: string;
   version?: string;

@@ -99,6 +99,38 @@ export interface AcquireOptions {
   pollMs?: number;
 }
 
+/**
+ * Take the lock if it is free (or its owner is gone) without waiting: for picking one of several
+ * equivalent resources (a VM's agent ports), where waiting on a busy one would be wrong.
+ */
+export function tryAcquireLock(path: string, purpose: string): Lock | undefined {
+  mkdirSync(dirname(path), { recursive: true });
+  const me: LockOwner = { pid: process.pid, startTime: processStartTime(process.pid) ?? '', purpose };
+  for (let attempt = 0; attempt < 3; attempt++) {
+    if (tryCreate(path, me)) return held(path, me);
+    const owner = readOwner(path);
+    if (owner && isAlive(owner)) return undefined;
+    try {
+      if (readOwner(path)?.pid === owner?.pid) unlinkSync(path);
+    } catch {
+      // someone else removed it first
+    }
+  }
+  return undefined;
+}
+
+function held(path: string, me: LockOwner): Lock {
+  let released = false;
+  return {
+    path,
+    release() {
+      if (released) return;
+      released = true;
+      if (readOwner(path)?.pid === me.pid) unlinkSync(path);
+    },
+  };
+}
+
 export async function acquireLock(path: string, options: AcquireOptions): Promise<Lock> {
   mkdirSync(dirname(path), { recursive: true });
   const me: LockOwner = { pid: process.pid, startTime: processStartTime(process.pid) ?? '', purpose: options.purpose };
@@ -128,13 +160,5 @@ export async function acquireLock(path: string, options: AcquireOptions): Promis
     }
     await new Promise((resolve) => setTimeout(resolve, options.pollMs ?? 100));
   }
-  let released = false;
-  return {
-    path,
-    release() {
-      if (released) return;
-      released = true;
-      if (readOwner(path)?.pid === me.pid) unlinkSync(path);
-    },
-  };
+  return held(path, me);
 }

@@ -227,7 +227,7 @@ function attempt(path: string, budgetMs: number, retryMs: number): Promise<Agent
       const hello = frame(H.hello, 0, new Writer().u32(PROTOCOL_VERSION).u32(nonce).done());
       socket.write(hello);
       // The guest may open its end of the port after our first knock was dropped: knock again.
-      knock = setInterval(() => socket.write(hello), Math.max(retryMs, 250));
+      knock = setInterval(() => socket.write(hello), Math.max(retryMs, 50));
     });
   });
 }

@@ -1,13 +1,14 @@
 /**
  * The guest end of a VM's workspace sync: a second envy-agent on its own virtio-serial port
- * (`envy.1`), running as the env user, to which the workspace sync process (`envy __sync ID`) holds
+ * (`envy-sync`), running as the env user, to which the workspace sync process (`envy __sync ID`) holds
  * a connection for as long as the VM runs.
  *
- * Why a port and an agent of its own rather than the control agent on `envy.0`: that port takes one
- * host at a time, and `envy exec`/`shell` take it for as long as they run, so a sync that held it
- * would lock every exec out (and a long shell would stall the sync). Bulk copies on their own port
- * also never queue behind a shell's keystrokes. Why as the env user: files it writes belong to that
- * user, as they do on the host, and what it may touch in the guest is what that user may.
+ * Why a port and an agent of its own rather than one of the control agent's `envy.N` ports: the sync
+ * holds its connection for the VM's whole life, so it would take one of the ports execs and shells
+ * share for good, and its bulk copies would queue beside their keystrokes. The name is outside the
+ * `envy.N` pattern, so the control agent (PID 1) leaves the port alone. Why as the env user: files it
+ * writes belong to that user, as they do on the host, and what it may touch in the guest is what
+ * that user may.
  *
  * The agent is started on demand (once per boot, or again if it died) through the control agent:
  * a root exec gives the port and a copy of the agent binary to the user (init keeps its own copy in

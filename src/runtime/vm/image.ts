@@ -70,7 +70,12 @@ export function cachedVmImage(key: string): VmImage | undefined {
 
 /** The uncompressed kernel qemu boots fastest: vmlinux from x86's bzImage, Image from arm64's gzip. */
 async function uncompressKernel(vmlinuz: string, out: string, arch: Arch): Promise<void> {
-  const head = readFileSync(vmlinuz).subarray(0, 2);
+  const head = readFileSync(vmlinuz).subarray(0, 4);
+  if (head.readUInt32BE(0) === 0x7f454c46) {
+    // Already an uncompressed ELF (a vmlinux from the project): booted as it is.
+    renameSync(vmlinuz, out);
+    return;
+  }
   if (arch === 'aarch64' && head[0] === 0x1f && head[1] === 0x8b) {
     await run('sh', ['-c', 'gzip -dc < "$1" > "$2"', 'sh', vmlinuz, out], { errorCode: 'RUNTIME', hint: 'gzip could not unpack the arm64 kernel' });
     return;

@@ -52,6 +52,8 @@ export interface InitConfig {
   /** The agent binary on the host, when there is one. */
   agent?: string;
   init: string;
+  /** How many virtio-serial ports (envy.0, envy.1, ...) the agent serves; default 1. */
+  agentPorts?: number;
   hostname?: string;
   /** eth0's address/prefix and gateway (qemu user networking: 10.0.2.15/24 via 10.0.2.2). */
   net?: { address: string; gateway: string };
@@ -74,6 +76,7 @@ export function buildInitramfs(config: InitConfig): Buffer {
   if (config.agent) {
     entries.push({ path: 'envy/agent', data: readFileSync(config.agent), mode: 0o755 });
     conf.push('agent /envy/agent');
+    for (let index = 1; index < (config.agentPorts ?? 1); index++) conf.push(`agent-port envy.${index}`);
   }
   if (config.hostname) conf.push(`hostname ${config.hostname}`);
   if (config.net) conf.push(`net ${config.net.address} ${config.net.gateway}`);

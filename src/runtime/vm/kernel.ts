@@ -7,7 +7,7 @@
  * module's own `.modinfo` section: its `depends=` field names the modules it needs loaded first.
  */
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { EnvyError } from '../../errors.js';
 
 /**
@@ -16,6 +16,14 @@ import { EnvyError } from '../../errors.js';
  * `depends=` shows, so crc32c_generic is named here.
  */
 export const GUEST_MODULES = ['virtio_pci', 'virtio_blk', 'virtio_console', 'virtio_net', 'crc32c_generic', 'ext4'];
+
+/** The modules only the network card needs (virtio_net and what it alone depends on): left out with `network: none`. */
+export const NET_ONLY_MODULES = ['virtio_net', 'net_failover', 'failover'];
+
+/** `files` (in load order, NN-name.ko) without the network card's modules. */
+export function withoutNetModules(files: string[]): string[] {
+  return files.filter((file) => !NET_ONLY_MODULES.includes(moduleName(basename(file).replace(/^\d+-/, ''))));
+}
 
 export interface ImageKernel {
   version: string;
@@ -30,7 +38,10 @@ function versionCompare(a: string, b: string): number {
   return a.localeCompare(b, 'en', { numeric: true });
 }
 
-/** The newest kernel in a root filesystem, or undefined. */
+/**
+ * The kernel of a root filesystem: the one /boot/.envy-kernel names (a kernel file from the project,
+ * backend.kernel as a path), else the newest /boot/vmlinuz-*; undefined when there is none.
+ */
 export function findImageKernel(root: string): ImageKernel | undefined {
   let names: string[];
   try {
@@ -38,11 +49,17 @@ export function findImageKernel(root: string): ImageKernel | undefined {
   } catch {
     return undefined;
   }
+  let chosen: string | undefined;
+  try {
+    chosen = readFileSync(join(root, 'boot/.envy-kernel'), 'utf8').trim();
+  } catch {
+    // no kernel file step: Debian's package
+  }
   const versions = names
     .filter((name) => name.startsWith('vmlinuz-'))
     .map((name) => name.slice('vmlinuz-'.length))
     .sort(versionCompare);
-  const version = versions.at(-1);
+  const version = chosen && versions.includes(chosen) ? chosen : versions.at(-1);
   if (!version) return undefined;
   const modulesDir = [join(root, 'lib/modules', version), join(root, 'usr/lib/modules', version)].find((dir) => existsSync(dir));
   return { version, vmlinuz: join(root, 'boot', `vmlinuz-${version}`), ...(modulesDir ? { modulesDir } : {}) };

@@ -9,6 +9,7 @@
  * interrupted boot leaves no orphan. SIGINT/SIGTERM during the boot kill it at once.
  */
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { EnvyError } from '../../errors.js';
@@ -22,9 +23,10 @@ import { acquireLock, processStartTime } from '../../state/lock.js';
 import { stateDir } from '../../state/paths.js';
 import type { EnvironmentConfig, Identity, ProcessSpec, Runtime, RuntimeStatus } from '../types.js';
 import { AgentClient } from './agent-client.js';
-import { alive, execInVm, readState, vmPaths, type VmState } from './channel.js';
+import { AGENT_PORTS, agentSocketAt, alive, connectAgent, execInVm, readState, vmPaths, type VmState } from './channel.js';
 import { ShellChannel } from './shell-channel.js';
 import { buildInitramfs } from './initramfs.js';
+import { withoutNetModules } from './kernel.js';
 import { prepareVmImage, type VmImage } from './image.js';
 import { chooseAccel, kvmBrokenMarker, qemuArgs, qemuBinary, type Accel } from './qemu.js';
 import { ninepModules, ninepShares, shareSetupLines } from './shares.js';
@@ -65,6 +67,8 @@ export function vmBackingKeys(): Set<string> {
   return keys;
 }
 
+/** Where provision() leaves the digest of what it set up, on the guest's disk. */
+const PROVISIONED_DIR = '/var/lib/envy';
 const BOOT_TIMEOUT_MS: Record<Accel, number> = { kvm: 60_000, tcg: 240_000 };
 const KILL_WAIT_MS = 5000;
 /** What qemu prints when /dev/kvm opens but cannot run the guest (nested or software KVM). */
@@ -153,8 +157,12 @@ export class VmRuntime implements Runtime {
         paths.initrd,
         buildInitramfs({
           init: binaries.init,
-          ...(binaries.agent ? { agent: binaries.agent } : {}),
-          modules: [...image.modules, ...ninepModules(config, image, boot.image.layers.map((l) => boot.store.layerRoot(l.diffId)).reverse())],
+          ...(binaries.agent ? { agent: binaries.agent, agentPorts: AGENT_PORTS } : {}),
+          // Each module costs tens of ms under TCG: no network card, no virtio_net.
+          modules: [
+            ...(config.network === 'none' ? withoutNetModules(image.modules) : image.modules),
+            ...ninepModules(config, image, boot.image.layers.map((l) => boot.store.layerRoot(l.diffId)).reverse()),
+          ],
           // qemu user networking's fixed addresses; `network: none` gets no network card at all.
           ...(config.network === 'none' ? {} : { net: { address: '10.0.2.15/24', gateway: '10.0.2.2' } }),
         }),
@@ -214,8 +222,10 @@ export class VmRuntime implements Runtime {
 
   private async bootOnce(config: EnvironmentConfig, boot: VmBoot, image: VmImage, accel: Accel, channel: VmState['channel']): Promise<RuntimeStatus> {
     const paths = vmPaths(config.id);
-    for (const path of [paths.agentSocket, paths.syncSocket, paths.qmpSocket, paths.qemuPid, paths.state]) rmSync(path, { force: true });
-    if (Buffer.byteLength(paths.qmpSocket) > MAX_SOCKET_PATH || Buffer.byteLength(paths.agentSocket) > MAX_SOCKET_PATH) {
+    const ports = channel === 'agent' ? AGENT_PORTS : 1;
+    const agentSockets = Array.from({ length: ports }, (_, index) => agentSocketAt(paths.agentSocket, index));
+    for (const path of [...agentSockets, paths.syncSocket, paths.qmpSocket, paths.qemuPid, paths.state]) rmSync(path, { force: true });
+    if ([paths.qmpSocket, paths.syncSocket, ...agentSockets].some((socket) => Buffer.byteLength(socket) > MAX_SOCKET_PATH)) {
       throw new EnvyError('HOST', `the VM's socket path ${paths.agentSocket} is longer than a unix socket allows (${MAX_SOCKET_PATH} bytes)`, {
         hint: 'use a shorter environment name, or point ENVY_HOME at a shorter directory',
       });
@@ -229,7 +239,7 @@ export class VmRuntime implements Runtime {
       memory: boot.memory,
       cpus: boot.cpus,
       hostname: config.hostname,
-      agentSocket: paths.agentSocket,
+      agentSockets,
       qmpSocket: paths.qmpSocket,
       serialLog: paths.serialLog,
       pidFile: paths.qemuPid,
@@ -260,6 +270,7 @@ export class VmRuntime implements Runtime {
       imageKey: image.key,
       startedAt: new Date().toISOString(),
       agentSocket: paths.agentSocket,
+      agentPorts: ports,
       channel,
     };
     writeFileAtomic(paths.state, `${JSON.stringify(state)}\n`);
@@ -271,11 +282,16 @@ export class VmRuntime implements Runtime {
     process.once('SIGINT', abort);
     process.once('SIGTERM', abort);
     try {
-      await this.waitReady(config.id, pid, state.startTime, accel, channel);
+      // The knock goes to the last port, so the first exec's connection to envy.0 never follows a
+      // disconnect the guest may not have seen yet.
+      await this.waitReady(config.id, pid, state.startTime, accel, channel, agentSockets.at(-1)!);
+      const answered = Date.now() - started;
       // Copy first: the one provisioning exec then also hands the copies to the env user (an exec
       // under TCG costs a few hundred ms).
       const copied = channel === 'agent' ? await this.copyIn(config, state) : [];
+      const copiedAt = Date.now() - started;
       await this.provision(config, state, copied);
+      state.bootMs = { answered, copied: copiedAt, ready: Date.now() - started };
       state.ready = true;
       delete state.owner;
       writeFileAtomic(paths.state, `${JSON.stringify(state)}\n`);
@@ -300,31 +316,64 @@ export class VmRuntime implements Runtime {
   private async provision(config: EnvironmentConfig, state: VmState, copied: string[]): Promise<void> {
     const quote = (v: string): string => `'${v.replace(/'/g, `'\\''`)}'`;
     const host = config.hostname.replace(/[^A-Za-z0-9.-]/g, '-').slice(0, 63);
-    const lines: string[] = [`echo ${quote(host)} > /etc/hostname`, `printf '127.0.0.1\\tlocalhost\\n::1\\tlocalhost ip6-localhost ip6-loopback\\n127.0.1.1\\t%s\\n' ${quote(host)} > /etc/hosts`];
-    if (config.network !== 'none') lines.push(`rm -f /etc/resolv.conf; echo 'nameserver 10.0.2.3' > /etc/resolv.conf`);
+    // Shell builtins wherever possible: under TCG every program the script starts costs 50-200 ms
+    // (fork, exec, dynamic linking), so this runs two (mkdir, chown) where it ran ten.
+    const lines: string[] = [
+      // has FILE NAME ID: an entry with that name, or that id in the third field (passwd uid, group gid).
+      'has() { while IFS=: read -r n _ i _ || [ -n "$n" ]; do { [ "$n" = "$2" ] || [ "$i" = "$3" ]; } && return 0; done < "$1"; return 1; }',
+      `echo ${quote(host)} > /etc/hostname`,
+      `printf '127.0.0.1\\tlocalhost\\n::1\\tlocalhost ip6-localhost ip6-loopback\\n127.0.1.1\\t%s\\n' ${quote(host)} > /etc/hosts`,
+    ];
+    // A link (systemd-resolved's stub) must not be written through.
+    if (config.network !== 'none') lines.push(`if [ -L /etc/resolv.conf ]; then rm -f /etc/resolv.conf; fi; echo 'nameserver 10.0.2.3' > /etc/resolv.conf`);
+    // Mount points of the namespace backend (the workspace among them) exist as directories, so a
+    // process can start in them; their contents reach a VM only through sync (docs/vm.md).
+    const dirs = config.mounts.map((mount) => mount.target);
     const user = config.user;
     if (user) {
       lines.push(
-        `grep -q ${quote(`^${user.name}:`)} /etc/group || grep -q ${quote(`^[^:]*:[^:]*:${user.gid}:`)} /etc/group || echo ${quote(`${user.name}:x:${user.gid}:`)} >> /etc/group`,
-        `grep -q ${quote(`^${user.name}:`)} /etc/passwd || grep -q ${quote(`^[^:]*:[^:]*:${user.uid}:`)} /etc/passwd || echo ${quote(`${user.name}:x:${user.uid}:${user.gid}:${user.name}:${user.home}:/bin/sh`)} >> /etc/passwd`,
-        `mkdir -p ${quote(user.home)} && chown ${user.uid}:${user.gid} ${quote(user.home)}`,
-        ...copied.map((target) => `chown -R ${user.uid}:${user.gid} ${quote(target)}`),
+        `has /etc/group ${quote(user.name)} ${user.gid} || echo ${quote(`${user.name}:x:${user.gid}:`)} >> /etc/group`,
+        `has /etc/passwd ${quote(user.name)} ${user.uid} || echo ${quote(`${user.name}:x:${user.uid}:${user.gid}:${user.name}:${user.home}:/bin/sh`)} >> /etc/passwd`,
       );
+      dirs.unshift(user.home);
     }
-    // Mount points of the namespace backend (the workspace among them) exist as directories, so a
-    // process can start in them; their contents reach a VM only through sync (docs/vm.md).
-    for (const mount of config.mounts) lines.push(`mkdir -p ${quote(mount.target)}`);
-    lines.push(...shareSetupLines(config));
+    if (dirs.length > 0) lines.push(`mkdir -p ${dirs.map(quote).join(' ')}`);
+    if (user) lines.push(`chown ${user.uid}:${user.gid} ${quote(user.home)}`);
+    // Synced workspace targets handed to the user, 9p shares mounted (shares.ts).
+    const shareLines = shareSetupLines(config);
+    lines.push(...shareLines);
+    // The disk keeps all of this across boots: when the same script ran on it before and the copy
+    // brought nothing new, the exec (a second or more under TCG) is skipped.
+    const digest = createHash('sha256').update(lines.join('\n')).digest('hex');
+    // A 9p mount lasts one boot, so a VM with shares always runs the script.
+    const mountsShares = ninepShares(config).length > 0;
+    if (!mountsShares && copied.length === 0 && state.channel === 'agent' && (await this.provisionedDigest(config.id, state)) === digest) return;
+    if (user && copied.length > 0) lines.push(`chown -R ${user.uid}:${user.gid} ${copied.map(quote).join(' ')}`);
+    lines.push(`mkdir -p ${PROVISIONED_DIR} && echo ${digest} > ${PROVISIONED_DIR}/provisioned`);
     let output = '';
-    const code = await this.runCaptured(state, ['/bin/sh', '-c', lines.join('; ')], (text) => (output += text), 30_000);
+    const code = await this.runCaptured(config.id, state, ['/bin/sh', '-c', ['set -e', ...lines].join('\n')], (text) => (output += text), 30_000);
     if (code !== 0) throw new EnvyError('RUNTIME', `setting up the VM ${config.id} failed (exit ${code ?? 'timeout'})`, { details: output.trim().split('\n').slice(-10) });
+  }
+
+  /** What provision() last ran on this disk (its marker in the guest), read over the agent without an exec. */
+  private async provisionedDigest(id: string, state: VmState): Promise<string | undefined> {
+    const { AgentTransport } = await import('./agent-transport.js');
+    const client = await connectAgent(id, state, { purpose: `check VM ${id}` });
+    try {
+      return (await new AgentTransport(client, PROVISIONED_DIR, id).readFile('provisioned')).toString().trim();
+    } catch {
+      return undefined; // a fresh disk
+    } finally {
+      client.close();
+    }
   }
 
   /**
    * The writable bind mounts (the workspace, volumes, binds from env.yaml) copied into the guest at
    * boot: a one-shot, one-way sync over the agent (changed files only after the first boot); returns
-   * the guest paths, which provision() hands to the env user. The workspace is not among them: it is
-   * kept live by the workspace sync process, or shared with 9p (shares.ts).
+   * the guest paths where something was copied, which provision() hands to the env user. The
+   * workspace is not among them: it is kept live by the workspace sync process, or shared with 9p
+   * (shares.ts).
    * Read-only binds (a host base's /usr) have no meaning in a VM with its own /usr and are skipped.
    */
   private async copyIn(config: EnvironmentConfig, state: VmState): Promise<string[]> {
@@ -336,26 +385,28 @@ export class VmRuntime implements Runtime {
       import('../../sync/local-transport.js'),
       import('./agent-transport.js'),
     ]);
-    const client = await AgentClient.connect(state.agentSocket, { timeoutMs: 10_000, retryMs: 20 });
+    const client = await connectAgent(config.id, state, { purpose: `copy the workspace into VM ${config.id}` });
+    const changed: string[] = [];
     try {
       for (const mount of binds) {
         const engine = new SyncEngine({ source: new LocalTransport(mount.source!), target: new AgentTransport(client, mount.target, config.id), direction: 'one-way', watch: false });
         const errors: Error[] = [];
         engine.on('error', (error: Error) => errors.push(error));
         await engine.start();
+        if (engine.status().applied > 0) changed.push(mount.target);
         await engine.stop();
         if (errors[0]) throw new EnvyError('RUNTIME', `copying ${mount.source} into the VM at ${mount.target} failed: ${errors[0].message}`);
       }
     } finally {
       client.close();
     }
-    return binds.map((m) => m.target);
+    return changed;
   }
 
   /** Run a command as root in the guest and collect its output (stdout and stderr together). */
-  private async runCaptured(state: VmState, argv: string[], onOutput: (text: string) => void, timeoutMs: number): Promise<number | undefined> {
+  private async runCaptured(id: string, state: VmState, argv: string[], onOutput: (text: string) => void, timeoutMs: number): Promise<number | undefined> {
     if (state.channel === 'agent') {
-      const client = await AgentClient.connect(state.agentSocket, { timeoutMs: 10_000, retryMs: 20 });
+      const client = await connectAgent(id, state, { purpose: `set up VM ${id}` });
       try {
         const exec = client.exec({ argv, env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' }, cwd: '/', uid: 0, gid: 0 });
         exec.stdin.end();
@@ -383,7 +434,7 @@ export class VmRuntime implements Runtime {
   /** Milliseconds from spawning qemu to the guest's first answer, for the last boot. */
   lastBootMs: number | undefined;
 
-  private async waitReady(id: string, pid: number, startTime: string, accel: Accel, channel: VmState['channel']): Promise<void> {
+  private async waitReady(id: string, pid: number, startTime: string, accel: Accel, channel: VmState['channel'], socket: string): Promise<void> {
     const paths = vmPaths(id);
     const deadline = Date.now() + BOOT_TIMEOUT_MS[accel];
     const died = (): BootFailure => {
@@ -400,11 +451,11 @@ export class VmRuntime implements Runtime {
       if (!alive(pid, startTime)) throw died();
       // A KVM that fails this way stops the guest but leaves qemu running: do not wait for the deadline.
       if (accel === 'kvm' && tail(paths.qemuLog).some((l) => KVM_FAILURE.test(l))) throw died();
-      if (existsSync(paths.agentSocket)) {
+      if (existsSync(socket)) {
         if (channel === 'agent') {
           // Short knocks, so a qemu that died is noticed within seconds, not at the deadline.
           try {
-            const client = await AgentClient.connect(paths.agentSocket, { timeoutMs: 2000 });
+            const client = await AgentClient.connect(socket, { timeoutMs: 2000, retryMs: 50 });
             client.close();
             return;
           } catch {
@@ -414,7 +465,7 @@ export class VmRuntime implements Runtime {
         }
         let shell: ShellChannel | undefined;
         try {
-          shell = await ShellChannel.connect(paths.agentSocket, 2000);
+          shell = await ShellChannel.connect(socket, 2000);
           // The shell is up once it answers; until then the line waits in the port's queue.
           while (Date.now() < deadline && alive(pid, startTime)) {
             const code = await shell.run('true', () => undefined, 1000);
@@ -452,7 +503,7 @@ export class VmRuntime implements Runtime {
       if (state.ready) {
         try {
           if (state.channel === 'agent') {
-            const client = await AgentClient.connect(state.agentSocket, { timeoutMs: 2000 });
+            const client = await connectAgent(config.id, state, { waitMs: 2000, purpose: `stop VM ${config.id}` });
             await Promise.race([client.shutdown(), new Promise((resolve) => setTimeout(resolve, 2000))]);
             client.close();
           } else {
@@ -468,7 +519,8 @@ export class VmRuntime implements Runtime {
       if (!(await waitGone(state.pid, state.startTime, graceMs))) await kill(state.pid, state.startTime);
       if (alive(state.pid, state.startTime)) throw new EnvyError('RUNTIME', `VM ${config.id} (qemu pid ${state.pid}) did not die after SIGKILL`);
     }
-    for (const path of [paths.state, paths.agentSocket, paths.qmpSocket, paths.qemuPid]) rmSync(path, { force: true });
+    const sockets = Array.from({ length: state?.agentPorts ?? 1 }, (_, index) => agentSocketAt(paths.agentSocket, index));
+    for (const path of [paths.state, ...sockets, paths.qmpSocket, paths.qemuPid]) rmSync(path, { force: true });
   }
 
   async status(config: EnvironmentConfig): Promise<RuntimeStatus> {

@@ -2,7 +2,7 @@
  * How host directories reach a VM beyond the copy made at boot (MountRequest.vm):
  *
  * - `sync`: the workspace sync process (src/env/workspace-sync.ts) keeps the guest's copy live over a
- *   second virtio-serial port, `envy.1`, served by a second agent running as the env user
+ *   second virtio-serial port, `envy-sync`, served by a second agent running as the env user
  *   (guest-sync.ts). The runtime only makes the mount point and hands it to that user.
  * - `9p`: a virtio-9p share, mounted at boot. Every access goes to the host (no cache), so a host
  *   edit is visible in the guest at once; the price is a round trip per file operation.

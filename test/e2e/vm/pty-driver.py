@@ -12,7 +12,7 @@ child = subprocess.Popen(command, stdin=slave, stdout=slave, stderr=slave, start
 os.close(slave)
 output = b''
 resized = False
-deadline = time.time() + 60
+deadline = time.time() + 120
 while time.time() < deadline:
     ready, _, _ = select.select([master], [], [], 0.1)
     if ready:

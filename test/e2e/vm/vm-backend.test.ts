@@ -5,12 +5,15 @@
  * image's kernel, not the host's.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { asUserArgv, collect, envy, envyRoot, runAsUser, userTempDir, type RunResult } from '../harness.js';
 
 let project: { path: string; remove: () => void };
+/** The host loopback port forwarded to the guest's 8080 (`ports`), free when the test starts. */
+let forwarded: number;
 let home: { path: string; remove: () => void };
 
 const run = (args: string[], options: { timeoutMs?: number; input?: string } = {}): Promise<RunResult> =>
@@ -46,9 +49,15 @@ describe('backend: vm (x86_64 guest under qemu)', () => {
   beforeAll(async () => {
     project = userTempDir('envy-vm-');
     home = userTempDir('envy-vm-home-');
+    forwarded = await new Promise<number>((resolve) => {
+      const probe = createServer().listen(0, '127.0.0.1', () => {
+        const { port } = probe.address() as { port: number };
+        probe.close(() => resolve(port));
+      });
+    });
     writeFileSync(
       join(project.path, 'env.yaml'),
-      ['name: vmt', 'base:', '  debian: bookworm', 'backend:', '  type: vm', '  memory: 1g', '  cpus: 2', 'hooks:', '  onCreate: echo created > /var/tmp/hook', ''].join('\n'),
+      ['name: vmt', 'base:', '  debian: bookworm', 'backend:', '  type: vm', '  memory: 1g', '  cpus: 2', 'hooks:', '  onCreate: echo created > /var/tmp/hook', 'ports:', `  - "${forwarded}:8080"`, ''].join('\n'),
     );
     writeFileSync(join(project.path, 'hello.txt'), 'from the host\n');
     // Bootstrap (~1.5 min), the kernel package (~70 MB), the disk, the first boot.
@@ -98,6 +107,31 @@ describe('backend: vm (x86_64 guest under qemu)', () => {
     expect((await run(['exec', '--', 'no-such-command-here'])).code).toBe(127);
   });
 
+  test('ports: a server in the guest is reached from the host on 127.0.0.1 only', async () => {
+    // perl-base is in every Debian image; the server answers one connection and exits 0.
+    const server = run(['exec', '--', 'perl', '-MIO::Socket::INET', '-e', '$s = IO::Socket::INET->new(LocalAddr => "0.0.0.0", LocalPort => 8080, Listen => 1, ReuseAddr => 1) or die "listen: $!"; $c = $s->accept; print $c "hello from the guest\\n"; close $c']);
+    const fetch = (): Promise<string> =>
+      new Promise((resolve) => {
+        let text = '';
+        const socket = connect(forwarded, '127.0.0.1');
+        socket.setTimeout(5000, () => socket.destroy());
+        socket.on('data', (chunk: Buffer) => (text += chunk.toString()));
+        socket.on('error', () => resolve(text));
+        socket.on('close', () => resolve(text));
+      });
+    // qemu accepts on the host side at once and drops the connection until the guest listens.
+    let answer = '';
+    for (let i = 0; i < 240 && !answer.includes('hello'); i++) {
+      answer = await fetch();
+      if (!answer.includes('hello')) await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+    expect(answer).toBe('hello from the guest\n');
+    expect(ok(await server).code).toBe(0);
+    // Every listening socket on that port is qemu's, on loopback (the 4th column: the local address).
+    const local = execFileSync('ss', ['-ltnH', `sport = :${forwarded}`]).toString().trim().split('\n').map((line) => line.trim().split(/\s+/)[3]);
+    expect(local).toEqual([`127.0.0.1:${forwarded}`]);
+  });
+
   test('a shell on a real terminal: pty of the local size, resize, keystrokes, exit status', async () => {
     const script = 'tty; stty size; echo READY; read line; stty size; echo "got:$line"; exit 3';
     const argv = [...asUserArgv({ ENVY_HOME: home.path, CI: 'true' }), process.execPath, join(envyRoot(), 'bin/envy.js'), 'exec', '--', 'sh', '-c', script];
@@ -108,6 +142,35 @@ describe('backend: vm (x86_64 guest under qemu)', () => {
     expect(lines[1]).toBe('30 100');
     expect(lines).toContain('50 132');
     expect(lines).toContain('got:typed');
+  });
+
+  test('shells and execs share the running VM: two shells held open on real terminals while execs come and go', async () => {
+    const shellArgv = (name: string): string[] => [
+      ...asUserArgv({ ENVY_HOME: home.path, CI: 'true' }),
+      process.execPath,
+      join(envyRoot(), 'bin/envy.js'),
+      'exec',
+      '--',
+      'sh',
+      '-c',
+      // Open until an exec from outside creates the gate: the execs must run while both shells live.
+      `touch /tmp/open-${name}; echo READY; while [ ! -e /tmp/gate ]; do sleep 0.1; done; read line; echo "${name}:$line"; exit ${name === 'a' ? 3 : 4}`,
+    ];
+    const shell = (name: string) => collect('python3', [join(import.meta.dirname, 'pty-driver.py'), 'READY', `typed-${name}\r`, ...shellArgv(name)], { cwd: project.path }, undefined, 150_000);
+    const shells = [shell('a'), shell('b')];
+    const bothOpen = async (): Promise<boolean> => (await run(['exec', '--', 'sh', '-c', 'test -e /tmp/open-a && test -e /tmp/open-b'])).code === 0;
+    for (let i = 0; i < 240 && !(await bothOpen()); i++) await new Promise((resolve) => setTimeout(resolve, 250));
+    expect(await bothOpen()).toBe(true);
+    // Several execs at once beside the two shells, each with its own exit code and output.
+    const execs = await Promise.all([1, 2, 3, 4].map((n) => run(['exec', '--', 'sh', '-c', `sleep 0.5; echo run-${n}; exit ${10 + n}`])));
+    expect(execs.map((r) => [r.code, r.stdout])).toEqual([1, 2, 3, 4].map((n) => [10 + n, `run-${n}\n`]));
+    ok(await run(['exec', '--', 'touch', '/tmp/gate']));
+    const [a, b] = await Promise.all(shells);
+    expect(a!.code, a!.stdout + a!.stderr).toBe(3);
+    expect(b!.code, b!.stdout + b!.stderr).toBe(4);
+    expect(a!.stdout).toContain('a:typed-a');
+    expect(b!.stdout).toContain('b:typed-b');
+    ok(await run(['exec', '--root', '--', 'rm', '-f', '/tmp/gate', '/tmp/open-a', '/tmp/open-b']));
   });
 
   test('down keeps the disk, up resumes it; killing envy mid-boot leaves no qemu behind', async () => {
@@ -145,5 +208,53 @@ describe('backend: vm (x86_64 guest under qemu)', () => {
     ok(await run(['down', '--rm']));
     expect(alive(last)).toBe(false);
     expect(ok(await run(['status'])).stdout).not.toContain('vmt');
+  });
+
+  test('backend.kernel as a kernel file of the project boots that kernel; gc collects VM disks no environment uses', async () => {
+    // The kernel: the vmlinux envy unpacked from Debian's package for the first environment (removed
+    // by now, its VM disk still cached), and its modules, which the second image carries in
+    // /lib/modules/RELEASE through `files`.
+    const release = /resolved: "linux-image-([^"]+)"/.exec(readFileSync(join(project.path, 'env.lock'), 'utf8'))![1]!;
+    const images = join(home.path, 'vm/images');
+    const [firstImage] = readdirSync(images).filter((name) => !name.startsWith('.') && !name.endsWith('.lock'));
+    const other = userTempDir('envy-vm-kfile-');
+    const uid = execFileSync('stat', ['-c', '%u:%g', project.path]).toString().trim();
+    try {
+      mkdirSync(join(other.path, 'modules'));
+      copyFileSync(join(images, firstImage!, 'kernel'), join(other.path, 'vmlinux'));
+      for (const name of readdirSync(join(images, firstImage!, 'modules'))) copyFileSync(join(images, firstImage!, 'modules', name), join(other.path, 'modules', name.replace(/^\d+-/, '')));
+      writeFileSync(
+        join(other.path, 'env.yaml'),
+        ['name: vmk', 'base:', '  debian: bookworm', 'backend:', '  type: vm', '  kernel: vmlinux', '  memory: 512m', 'network: none', 'files:', `  - {src: modules, dest: /lib/modules/${release}/kernel/envy}`, ''].join('\n'),
+      );
+      execFileSync('chown', ['-R', uid, other.path]);
+      const inOther = (args: string[]) => envy(args, { cwd: other.path, env: { ENVY_HOME: home.path, CI: 'true' }, timeoutMs: 300_000 });
+      ok(await inOther(['up']));
+      const lock = readFileSync(join(other.path, 'env.lock'), 'utf8');
+      expect(lock).toContain('file: "vmlinux"');
+      expect(lock).toMatch(/digest: "sha256:[0-9a-f]{64}"/);
+      expect(lock).not.toContain('linux-image');
+      expect(ok(await inOther(['exec', '--', 'uname', '-r'])).stdout.trim()).toBe(release);
+      const rows = JSON.parse(ok(await inOther(['status', '--json'])).stdout) as { environments: StatusRow[] };
+      expect(rows.environments.find((r) => r.name === 'vmk')?.vm?.kernel).toBe(release);
+      const vmImages = readdirSync(images).filter((name) => !name.startsWith('.') && !name.endsWith('.lock'));
+      const secondImage = vmImages.find((name) => name !== firstImage);
+      expect(secondImage).toBeDefined();
+
+      // While the second environment exists (stopped), gc keeps its VM disk; the first one's goes
+      // (its environment was removed). Once the second is removed too, its disk goes as well.
+      ok(await inOther(['down']));
+      const first = JSON.parse(ok(await run(['gc', '--grace', '0', '--json'])).stdout) as { vmImages: string[] };
+      expect(first.vmImages).toEqual([firstImage]);
+      expect(existsSync(join(images, firstImage!))).toBe(false);
+      expect(existsSync(join(images, secondImage!, 'rootfs.raw'))).toBe(true);
+      ok(await inOther(['down', '--rm']));
+      const second = JSON.parse(ok(await run(['gc', '--grace', '0', '--json'])).stdout) as { vmImages: string[] };
+      expect(second.vmImages).toEqual([secondImage]);
+      expect(existsSync(join(images, secondImage!))).toBe(false);
+    } finally {
+      await envy(['down', '--rm'], { cwd: other.path, env: { ENVY_HOME: home.path, CI: 'true' }, timeoutMs: 60_000 }).catch(() => undefined);
+      other.remove();
+    }
   });
 });

@@ -26,7 +26,7 @@ const plan = {
   memory: 1024 ** 3,
   cpus: 2,
   hostname: 'h',
-  agentSocket: '/a.sock',
+  agentSockets: ['/a.sock'],
   qmpSocket: '/q.sock',
   serialLog: '/console.log',
   pidFile: '/q.pid',
@@ -44,11 +44,11 @@ describe('VM shares', () => {
     expect(qemuArgs(plan).join(' ')).not.toContain('9p');
   });
 
-  test('the sync port envy.1 sits beside the agent port when asked for', () => {
+  test('the sync port envy-sync sits beside the agent port when asked for', () => {
     const args = qemuArgs({ ...plan, syncSocket: '/s.sock' });
     expect(args).toContain('socket,id=sync0,path=/s.sock,server=on,wait=off');
-    expect(args).toContain('virtserialport,chardev=sync0,name=envy.1');
-    expect(qemuArgs(plan).join(' ')).not.toContain('envy.1');
+    expect(args).toContain('virtserialport,chardev=sync0,name=envy-sync');
+    expect(qemuArgs(plan).join(' ')).not.toContain('envy-sync');
   });
 
   test('boot lines: a synced mount point is the env user\'s, a 9p share is mounted uncached or the boot fails', () => {

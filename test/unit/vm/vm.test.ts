@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, test } from 'vitest';
@@ -7,8 +7,8 @@ import { kernelScript } from '../../../src/plan/kernel.js';
 import { lockFromSpec, parseLock, refreshLock, renderLock } from '../../../src/plan/lock.js';
 import type { KernelStep } from '../../../src/plan/types.js';
 import { cpio } from '../../../src/runtime/vm/initramfs.js';
-import { findImageKernel, moduleDepends, moduleLoadOrder, xzOffset } from '../../../src/runtime/vm/kernel.js';
-import { kernelCommandLine, qemuArgs } from '../../../src/runtime/vm/qemu.js';
+import { findImageKernel, moduleDepends, moduleLoadOrder, withoutNetModules, xzOffset } from '../../../src/runtime/vm/kernel.js';
+import { kernelCommandLine, qemuArgs, QBOOT } from '../../../src/runtime/vm/qemu.js';
 import { commandLine } from '../../../src/runtime/vm/shell-channel.js';
 import { FIXTURE_PROJECT, HOST_USER, makeSpec } from '../plan/helpers.js';
 
@@ -111,7 +111,7 @@ describe('qemu command line', () => {
     memory: 1024 ** 3,
     cpus: 2,
     hostname: 'my env',
-    agentSocket: '/a.sock',
+    agentSockets: ['/a.sock', '/a-1.sock'],
     qmpSocket: '/q.sock',
     serialLog: '/console.log',
     pidFile: '/q.pid',
@@ -119,16 +119,36 @@ describe('qemu command line', () => {
     network: true,
   };
 
-  test('forwards ports on loopback only, sizes the VM, names the agent port envy.0', () => {
+  test('forwards ports on loopback only, sizes the VM, names the agent ports envy.N', () => {
     const args = qemuArgs(plan);
     expect(args.join(' ')).toContain('hostfwd=tcp:127.0.0.1:8080-:80');
     expect(args.join(' ')).not.toMatch(/hostfwd=tcp::|0\.0\.0\.0/);
     expect(args[args.indexOf('-m') + 1]).toBe('1024M');
     expect(args[args.indexOf('-smp') + 1]).toBe('2');
     expect(args).toContain('virtserialport,chardev=agent0,name=envy.0');
+    expect(args).toContain('virtserialport,chardev=agent1,name=envy.1');
+    expect(args).toContain('socket,id=agent1,path=/a-1.sock,server=on,wait=off');
     expect(args).toContain('-nodefaults');
     expect(args).toContain('-no-reboot');
     expect(qemuArgs({ ...plan, network: false }).join(' ')).not.toContain('netdev');
+    // Under TCG an x86-64-v2 CPU, not `max` (slower to boot); KVM passes the host's through.
+    expect(args[args.indexOf('-cpu') + 1]).toBe('qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16');
+    const kvm = qemuArgs({ ...plan, accel: 'kvm' });
+    expect(kvm[kvm.indexOf('-cpu') + 1]).toBe('host');
+    // qboot where qemu's data files have it; arm64 keeps its own firmware.
+    expect(args.includes('-bios')).toBe(existsSync(QBOOT));
+    if (existsSync(QBOOT)) expect(args[args.indexOf('-bios') + 1]).toBe(QBOOT);
+    expect(qemuArgs({ ...plan, arch: 'aarch64' })).not.toContain('-bios');
+  });
+
+  test('the kernel skips its crypto self-tests and legacy UART probing; arm64 gets no x86-only words', () => {
+    expect(kernelCommandLine(plan).split(' ')).toEqual(expect.arrayContaining(['cryptomgr.notests', '8250.nr_uarts=1', 'no_timer_check']));
+    expect(kernelCommandLine({ arch: 'aarch64', hostname: 'x' })).not.toMatch(/no_timer_check|8250/);
+  });
+
+  test('without a network card the initramfs leaves out virtio_net and what only it needs', () => {
+    const files = ['/m/00-virtio_ring.ko', '/m/07-failover.ko', '/m/08-net_failover.ko', '/m/09-virtio_net.ko', '/m/14-ext4.ko'];
+    expect(withoutNetModules(files)).toEqual(['/m/00-virtio_ring.ko', '/m/14-ext4.ko']);
   });
 
   test('arm64 guests get virt + cortex-a57 under TCG and the PL011 console', () => {
@@ -150,14 +170,11 @@ describe('kernel plan step', () => {
     expect(ns.steps.some((s) => s.kind === 'kernel')).toBe(false);
   });
 
-  test('backend.kernel pins a versioned package; a kernel file path and nonsense are config errors', () => {
+  test('backend.kernel pins a versioned package; nonsense is a config error', () => {
     const pinned = compilePlan(makeSpec({ backend: { type: 'vm', arch: 'aarch64', kernel: '6.1.0-18', memory: 1, cpus: 1 } }), FIXTURE_PROJECT, undefined, { hostUser: HOST_USER });
     expect((pinned.steps[1] as KernelStep).package).toBe('linux-image-6.1.0-18-arm64');
     expect(() => compilePlan(makeSpec({ backend: { type: 'vm', arch: 'x86_64', kernel: 'latest!', memory: 1, cpus: 1 } }), FIXTURE_PROJECT, undefined, { hostUser: HOST_USER })).toThrow(
       /backend.kernel: "latest!" is neither/,
-    );
-    expect(() => compilePlan(makeSpec({ backend: { type: 'vm', arch: 'x86_64', kernel: 'vm/vmlinux', memory: 1, cpus: 1 } }), FIXTURE_PROJECT, undefined, { hostUser: HOST_USER })).toThrow(
-      /backend.kernel: a kernel file from the project \("vm\/vmlinux"\) is not supported/,
     );
   });
 
