@@ -25,6 +25,7 @@ import type { BaseStep, BuildPlan, FilesStep, KernelStep, PackagesStep, RunStep,
 import { NamespaceRuntime } from '../runtime/namespace/runtime.js';
 import type { EnvironmentConfig, Identity, MountRequest, ProcessSpec } from '../runtime/types.js';
 import { cacheDir } from '../state/paths.js';
+import { AptDownloadProgress } from './apt-progress.js';
 import { buildPassthroughEnv } from './host-env.js';
 import { ownByRootInUserNamespace, removeInUserNamespace, snapshotInUserNamespace, unpackInUserNamespace } from './userns.js';
 
@@ -153,9 +154,13 @@ export class Executor {
       }
       const started = Date.now();
       reporter.report({ type: 'step-start', key: step.key });
-      const log = new StepLog(join(this.options.logDir, `${String(index + 1).padStart(2, '0')}-${step.kind}-${step.key.slice(0, 12)}.log`), (line) =>
-        reporter.report({ type: 'step-output', key: step.key, line }),
-      );
+      // apt shows no progress meter without a terminal: its per-archive lines become a download with bytes (and a rate in the view).
+      const apt = step.kind === 'packages' && step.manager === 'apt' ? new AptDownloadProgress() : undefined;
+      const log = new StepLog(join(this.options.logDir, `${String(index + 1).padStart(2, '0')}-${step.kind}-${step.key.slice(0, 12)}.log`), (line) => {
+        reporter.report({ type: 'step-output', key: step.key, line });
+        const download = apt?.line(line);
+        if (download) reporter.report({ type: 'download', id: `${step.key}:apt`, label: 'apt archives', ...download });
+      });
       try {
         const image = this.withResolved(step, await this.execute(step, parent, log));
         if (step.kind === 'base') this.epoch = sourceDateEpoch(step, image);

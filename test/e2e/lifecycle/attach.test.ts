@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { envy, envyRoot, isRoot, runAsUser, testUser, userTempDir, type RunResult } from '../harness.js';
+import { debianHome, envy, envyRoot, isRoot, runAsUser, testUser, userTempDir, type RunResult } from '../harness.js';
 import { writeImage, writeIndex } from '../image/fixtures.js';
 
 let project: { path: string; remove: () => void };
@@ -144,12 +144,12 @@ describe('envy attach on images: a Debian image with openssh-server, and one wit
 
   beforeAll(() => {
     dir = userTempDir('envy-attach-img-');
-    state = userTempDir('envy-attach-img-home-');
+    // The run's shared home: the Debian base is bootstrapped once per run (harness.ts, debianHome).
+    state = { path: debianHome(), remove: () => {} };
   });
   afterAll(async () => {
     for (const name of ['deb', 'bare']) if (existsSync(join(dir.path, name, 'env.yaml'))) await envy2(['down', '--rm'], join(dir.path, name));
-    await runAsUser(join(envyRoot(), 'dist/envy-ns'), ['userns', '--', 'rm', '-rf', state.path, dir.path]);
-    state.remove();
+    await runAsUser(join(envyRoot(), 'dist/envy-ns'), ['userns', '--', 'rm', '-rf', dir.path]);
     dir.remove();
   });
 

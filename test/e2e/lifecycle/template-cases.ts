@@ -28,6 +28,8 @@ interface TemplateCase {
   written: string[];
   /** What `envy up` must print besides the summary (hooks' output). */
   upOutput?: RegExp;
+  /** What `envy up`'s plain progress must show (on stderr). */
+  upProgress?: RegExp;
   /** After the build: a further check on the running environment. */
   more?: (run: (args: string[]) => Promise<RunResult>, project: string) => Promise<void>;
 }
@@ -67,6 +69,8 @@ const cases: TemplateCase[] = [
     // `go install` puts the binary in $GOPATH/bin, which the template's PATH names.
     build: 'go vet ./... && go build -o hello . && ./hello && go install . && command -v hello && hello',
     output: /^hello from go\n\/cache\/go\/bin\/hello\nhello from go\n$/,
+    // No other template installs golang-go: its archives are always downloaded, and the progress shows them.
+    upProgress: /^download apt archives: [\d.]+ [KM]iB \/ [\d.]+ MiB$/m,
     written: ['hello', 'out-go.txt'],
   },
   {
@@ -207,6 +211,7 @@ function templateCase(c: TemplateCase, coldUpSeconds: Record<string, number>): v
       coldUpSeconds[c.template] = (performance.now() - started) / 1000;
       expect(up.stdout, `template ${c.template}`).toMatch(/ is running \(image [0-9a-f]{12}, \d+ steps? built\)/);
       if (c.upOutput) expect(up.stdout, `template ${c.template}`).toMatch(c.upOutput);
+      if (c.upProgress) expect(up.stderr, `template ${c.template}`).toMatch(c.upProgress);
       const lock = readFileSync(join(dir, 'env.lock'), 'utf8');
       expect(lock, `template ${c.template}: env.lock pins the base and every package`).toMatch(/^ {2}digest: "sha256:[0-9a-f]{64}"$/m);
       expect(lock, `template ${c.template}: env.lock pins every package`).not.toMatch(/: null$/m);
