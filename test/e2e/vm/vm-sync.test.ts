@@ -10,7 +10,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { alive, envy, envyRoot, runAsUser, userTempDir, waitFor, type RunResult } from '../harness.js';
+import { alive, debianHome, envy, runAsUser, userTempDir, waitFor, type RunResult } from '../harness.js';
 
 let home: { path: string; remove: () => void };
 let synced: { path: string; remove: () => void };
@@ -49,7 +49,8 @@ async function syncJson(project: string): Promise<SyncJson> {
 
 describe('backend: vm, the workspace kept live (sync over the agent, and 9p)', () => {
   beforeAll(async () => {
-    home = userTempDir('envy-vmsync-home-');
+    // The run's shared home: the Debian base and the .deb cache are made once per run (harness.ts).
+    home = { path: debianHome(), remove: () => {} };
     synced = userTempDir('envy-vmsync-');
     shared = userTempDir('envy-vm9p-');
     writeFileSync(join(synced.path, 'env.yaml'), ['name: vms', ...base, 'workspace:', '  ignore: [build/]', ''].join('\n'));
@@ -62,8 +63,7 @@ describe('backend: vm, the workspace kept live (sync over the agent, and 9p)', (
 
   afterAll(async () => {
     for (const project of [synced, shared]) await run(project.path, ['down', '--rm']).catch(() => undefined);
-    await runAsUser(join(envyRoot(), 'dist/envy-ns'), ['userns', '--', 'rm', '-rf', home.path]).catch(() => undefined);
-    for (const dir of [home, synced, shared]) dir.remove();
+    for (const dir of [synced, shared]) dir.remove();
   });
 
   test('up returns with the sources in the guest; a host edit reaches it with no command run', async () => {
