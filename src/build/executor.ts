@@ -210,10 +210,8 @@ export class Executor {
 
   private async base(step: BaseStep, log: StepLog): Promise<ImageRecord> {
     const { store, reporter, identity } = this.options;
-    const unpack = (source: string | NodeJS.ReadableStream, dest: string, o: { label: string }): Promise<ExtractResult> => {
-      if (typeof source !== 'string') throw new EnvyError('INTERNAL', 'layers are unpacked from files here');
-      return unpackInUserNamespace(identity, source, dest, o.label);
-    };
+    const unpack = (source: string | NodeJS.ReadableStream, dest: string, o: { label: string; expectedDiffId?: string }): Promise<ExtractResult> =>
+      unpackInUserNamespace(identity, source, dest, o.label, o.expectedDiffId);
     const removeTree = (path: string): Promise<void> => removeInUserNamespace(identity, [path]).then(() => undefined);
     const record = (layers: ImageLayer[], config: ImageConfig, digest: string | undefined): ImageRecord => {
       this.resolved.baseDigest = digest;

@@ -3,7 +3,8 @@
  * layer's files have the owners the image gives them and every file can be
  * read and chowned. Each job answers with one JSON line on stdout:
  *   snapshot DIR EPOCH [DEST]  the deterministic tar digest of DIR (a step's upper dir), then DIR moved to DEST
- *   unpack TAR DEST LABEL  a layer tarball extracted with its owners into DEST
+ *   unpack TAR DEST LABEL [DIFFID]  a layer tarball (`-`: stdin, streamed from a download or an archive)
+ *                        extracted with its owners into DEST; with DIFFID, a tar of any other content is refused
  *   remove PATH...       trees with files of subordinate owners (overlay work dirs, layers)
  *   own-by-root DIR      every entry of DIR chowned to 0:0 (layers made by the host user)
  *   export STORE KEY oci|docker-archive PATH TAG UID:GID  the image exported with the owners its layers
@@ -40,8 +41,9 @@ async function main(argv: string[]): Promise<unknown> {
     if (args[2]) renameSync(args[0]!, args[2]);
     return result;
   }
-  if (job === 'unpack' && args.length === 3) {
-    return extractLayer(args[0]!, args[1]!, { label: args[2]!, chown: true });
+  if (job === 'unpack' && (args.length === 3 || args.length === 4)) {
+    const source = args[0] === '-' ? process.stdin : args[0]!;
+    return extractLayer(source, args[1]!, { label: args[2]!, chown: true, ...(args[3] ? { expectedDiffId: args[3] } : {}) });
   }
   if (job === 'remove' && args.length > 0) {
     // Overlay leaves work/work at mode 000 and layers may hold read-only dirs: removeTree opens them up.
@@ -72,7 +74,7 @@ async function main(argv: string[]): Promise<unknown> {
     return result;
   }
   if (job === 'vm-disk') return vmDiskJob(args, { node: process.execPath, worker: process.argv[1]! });
-  throw new Error(`usage: layer-worker snapshot DIR EPOCH [DEST] | unpack TAR DEST LABEL | remove PATH... | own-by-root DIR | export STORE KEY KIND PATH TAG UID:GID (got: ${argv.join(' ')})`);
+  throw new Error(`usage: layer-worker snapshot DIR EPOCH [DEST] | unpack TAR|- DEST LABEL [DIFFID] | remove PATH... | own-by-root DIR | export STORE KEY KIND PATH TAG UID:GID (got: ${argv.join(' ')})`);
 }
 
 main(process.argv.slice(2)).then(

@@ -8,7 +8,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { EnvyError } from '../errors.js';
-import { run } from '../exec.js';
+import { run, runWithInput } from '../exec.js';
 import type { ExportResult } from '../image/export.js';
 import type { ExtractResult } from '../image/extract.js';
 import { packageRoot } from '../package-root.js';
@@ -31,12 +31,11 @@ function workerPath(): string {
   return path;
 }
 
-async function inUserNamespace<T>(identity: Pick<Identity, 'uid' | 'gid'>, args: string[], what: string): Promise<T> {
+async function inUserNamespace<T>(identity: Pick<Identity, 'uid' | 'gid'>, args: string[], what: string, input?: NodeJS.ReadableStream): Promise<T> {
   const helper = ensureHelper();
-  const result = await run(helper, ['userns', '--keep-id', `${identity.uid}:${identity.gid}`, '--', process.execPath, workerPath(), ...args], {
-    errorCode: 'BUILD',
-    hint: `${what} failed inside the user namespace`,
-  });
+  const argv = ['userns', '--keep-id', `${identity.uid}:${identity.gid}`, '--', process.execPath, workerPath(), ...args];
+  const options = { errorCode: 'BUILD' as const, hint: `${what} failed inside the user namespace` };
+  const result = input ? await runWithInput(helper, argv, input, options) : await run(helper, argv, options);
   try {
     return JSON.parse(String(result.stdout).trim().split('\n').pop() ?? '') as T;
   } catch {
@@ -50,8 +49,13 @@ export function snapshotInUserNamespace(identity: Pick<Identity, 'uid' | 'gid'>,
   return inUserNamespace(identity, ['snapshot', dir, epoch, ...(moveTo ? [moveTo] : [])], `snapshot of ${dir}`);
 }
 
-export function unpackInUserNamespace(identity: Pick<Identity, 'uid' | 'gid'>, tar: string, dest: string, label: string): Promise<ExtractResult> {
-  return inUserNamespace(identity, ['unpack', tar, dest, label], `unpacking ${label}`);
+/**
+ * Unpack a layer with its owners. A stream (a download, an archive member) is fed to the worker's stdin:
+ * it is unpacked while it arrives, never copied to a file first.
+ */
+export function unpackInUserNamespace(identity: Pick<Identity, 'uid' | 'gid'>, source: string | NodeJS.ReadableStream, dest: string, label: string, expectedDiffId?: string): Promise<ExtractResult> {
+  const args = ['unpack', typeof source === 'string' ? source : '-', dest, label, ...(expectedDiffId ? [expectedDiffId] : [])];
+  return inUserNamespace(identity, args, `unpacking ${label}`, typeof source === 'string' ? undefined : source);
 }
 
 /** Remove trees that hold files of subordinate owners (the host user alone cannot). */

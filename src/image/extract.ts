@@ -16,7 +16,6 @@ import {
   closeSync,
   constants as fsConstants,
   createReadStream,
-  createWriteStream,
   lchownSync,
   linkSync,
   lstatSync,
@@ -40,7 +39,7 @@ import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import * as tar from 'tar-stream';
 import { EnvyError } from '../errors.js';
-import { run } from '../exec.js';
+import { filterThrough, run } from '../exec.js';
 import { HashingStream } from './digest.js';
 import { sniffCompression, type Compression } from './media-types.js';
 import { tempName } from './temp.js';
@@ -56,8 +55,6 @@ export interface ExtractOptions {
   chown?: boolean;
   /** The layer's known diff_id (from the image config); a different tar is rejected. */
   expectedDiffId?: string;
-  /** Where zstd spill files go (default: next to dest). */
-  scratchDir?: string;
 }
 
 export interface ExtractResult {
@@ -94,11 +91,12 @@ const OPAQUE_MARKER = '.wh..wh..opq';
 
 export async function extractLayer(source: LayerSource, dest: string, options: ExtractOptions): Promise<ExtractResult> {
   const temp = join(dirname(dest), tempName('extract'));
-  const spills: string[] = [];
+  let decompressed: Decompressed | undefined;
   try {
-    const { stream, compression } = await openDecompressed(source, options.scratchDir ?? dirname(dest), spills);
+    decompressed = await openDecompressed(source);
     mkdirSync(temp, { mode: 0o700 });
-    const result = await new LayerWriter(temp, options, compression).write(stream);
+    const result = await new LayerWriter(temp, options, decompressed.compression).write(decompressed.stream);
+    await decompressed.done;
     if (options.expectedDiffId && options.expectedDiffId !== result.diffId) {
       throw new EnvyError('IMAGE', `layer ${options.label}: its content has diff_id ${result.diffId}, but the image config says ${options.expectedDiffId}`, {
         hint: 'the image is corrupt or was tampered with; pull or export it again',
@@ -107,10 +105,11 @@ export async function extractLayer(source: LayerSource, dest: string, options: E
     renameSync(temp, dest);
     return result;
   } catch (error) {
+    // A decompressor still running (we stopped reading early) ends on the closed pipe; wait for it.
+    decompressed?.stream.destroy();
+    await decompressed?.done.catch(() => undefined);
     removeTree(temp);
     throw error;
-  } finally {
-    for (const spill of spills) rmSync(spill, { force: true });
   }
 }
 
@@ -144,34 +143,31 @@ function readdirNames(path: string): string[] {
   }
 }
 
-async function openDecompressed(source: LayerSource, scratchDir: string, spills: string[]): Promise<{ stream: Readable; compression: Compression }> {
-  let path = typeof source === 'string' ? source : undefined;
+interface Decompressed {
+  stream: Readable;
+  compression: Compression;
+  /** Settles when a decompressing program (zstd) exited; rejects when it failed. */
+  done: Promise<void>;
+}
+
+async function openDecompressed(source: LayerSource): Promise<Decompressed> {
   let stream: Readable;
   let head: Buffer;
-  if (path !== undefined) {
-    head = readHead(path, 4);
-    stream = createReadStream(path);
+  if (typeof source === 'string') {
+    head = readHead(source, 4);
+    stream = createReadStream(source);
   } else {
-    ({ head, stream } = await peek(source as Readable, 4));
+    ({ head, stream } = await peek(source, 4));
   }
   const compression = sniffCompression(head);
-  if (compression === 'gzip') return { stream: stream.pipe(createGunzip()), compression };
-  if (compression === 'none') return { stream, compression };
-  // zstd: Node 20 has none; the CLI decompresses file to file (exec.ts runs programs to completion).
-  if (path === undefined) {
-    path = join(scratchDir, `${tempName('zstd')}.zst`);
-    spills.push(path);
-    await pipeline(stream, createWriteStream(path));
-  } else {
-    stream.destroy();
-  }
-  const tarPath = join(scratchDir, `${tempName('zstd')}.tar`);
-  spills.push(tarPath);
-  await run('zstd', ['-d', '-q', '-f', '-o', tarPath, '--', path], {
+  if (compression === 'gzip') return { stream: stream.pipe(createGunzip()), compression, done: Promise.resolve() };
+  if (compression === 'none') return { stream, compression, done: Promise.resolve() };
+  // zstd: Node 20 has none; the zstd program decompresses as a stream filter (no spill file).
+  const { output, done } = await filterThrough('zstd', ['-d', '-q', '-c'], stream, {
     errorCode: 'IMAGE',
     hint: 'zstd layers need the zstd program (Debian: apt-get install zstd); a failure here means a corrupt blob',
   });
-  return { stream: createReadStream(tarPath), compression };
+  return { stream: output as Readable, compression, done };
 }
 
 function readHead(path: string, length: number): Buffer {

@@ -104,6 +104,13 @@ export interface GcResult {
 
 export type Unpacker = (source: LayerSource, dest: string, options: ExtractOptions) => Promise<ExtractResult>;
 
+/**
+ * Where addLayer reads a layer from: a file, a stream, or a function that opens one. The function is
+ * called only once the layer's lock is held and the layer is known to be missing, so a download starts
+ * only when its bytes are needed, and two processes never download the same layer at once.
+ */
+export type LayerInput = LayerSource | (() => LayerSource | Promise<LayerSource>);
+
 export interface AddLayerOptions {
   /** Names the layer in errors. */
   label: string;
@@ -116,6 +123,8 @@ export interface AddLayerOptions {
   chown?: boolean;
   /** How to delete a half-made layer (with `chown`, its files belong to subordinate ids: see GcOptions). */
   removeTree?: (path: string) => Promise<void> | void;
+  /** Also hold the blob's lock while unpacking: the input writes the blob's .partial file (a download). */
+  lockBlob?: boolean;
 }
 
 const KEY = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}$/;
@@ -212,6 +221,12 @@ export class LayerStore {
     fsyncDir(join(this.root, 'blobs/sha256'));
   }
 
+  /** Move a .partial file whose digest the caller has just checked into blobs/ (a streamed download). */
+  commitVerifiedBlob(digest: string, file: string): void {
+    renameSync(file, this.blobPath(digest));
+    fsyncDir(join(this.root, 'blobs/sha256'));
+  }
+
   /** Write a small blob (config, manifest) we already hold in memory, verifying its digest. */
   async putBlob(digest: string, data: Uint8Array, where: string): Promise<void> {
     if (this.hasBlob(digest)) return;
@@ -251,7 +266,7 @@ export class LayerStore {
    * diff_id a layer already present costs nothing; two processes adding the
    * same layer serialise on its lock and the second finds it done.
    */
-  async addLayer(source: LayerSource, options: AddLayerOptions): Promise<LayerMeta> {
+  async addLayer(input: LayerInput, options: AddLayerOptions): Promise<LayerMeta> {
     if (options.expectedDiffId && this.hasLayer(options.expectedDiffId)) return this.readLayerMeta(options.expectedDiffId);
     const lockKey = options.expectedDiffId ?? options.blobDigest;
     const body = async (): Promise<LayerMeta> => {
@@ -260,11 +275,11 @@ export class LayerStore {
       mkdirSync(temp, { mode: 0o700 });
       try {
         const unpack = options.unpack ?? extractLayer;
+        const source = typeof input === 'function' ? await input() : input;
         const result = await unpack(source, join(temp, 'root'), {
           label: options.label,
           expectedDiffId: options.expectedDiffId,
           chown: options.chown,
-          scratchDir: temp,
         });
         const meta: LayerMeta = {
           diffId: result.diffId,
@@ -303,7 +318,8 @@ export class LayerStore {
         throw error;
       }
     };
-    return lockKey ? this.withLock(`layer-${digestHex(lockKey)}`, `unpack ${options.label}`, body) : body();
+    const locked = options.lockBlob && options.blobDigest ? (): Promise<LayerMeta> => this.withBlobLock(options.blobDigest!, body) : body;
+    return lockKey ? this.withLock(`layer-${digestHex(lockKey)}`, `unpack ${options.label}`, locked) : locked();
   }
 
   /**
