@@ -7,7 +7,7 @@
  * reporter; a failure names the step, its command, the last lines, the exit
  * code and the log.
  */
-import { createWriteStream, mkdirSync, rmSync, type WriteStream } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, rmSync, type WriteStream } from 'node:fs';
 import { join } from 'node:path';
 import type { EnvSpec } from '../config/types.js';
 import { EnvyError } from '../errors.js';
@@ -248,48 +248,54 @@ export class Executor {
         return record(imported.image.layers, imported.image.config, imported.digest);
       }
       case 'host': {
-        const dir = join(store.root, 'layers', tempName('hostbase'));
-        mkdirSync(dir);
+        const scratch = join(store.root, 'layers', tempName('hostbase'));
+        mkdirSync(join(scratch, 'root'), { recursive: true });
         try {
-          createHostBaseLayer(dir);
-          await ownByRootInUserNamespace(identity, dir);
-          const layer = await this.commitDirectory(dir, step.label, 'host base skeleton');
+          createHostBaseLayer(join(scratch, 'root'));
+          await ownByRootInUserNamespace(identity, join(scratch, 'root'));
+          const layer = await this.commitScratch(scratch, 'host base skeleton', []);
           return record([layer], { env: [`PATH=${DEFAULT_PATH}`], labels: { [HOST_BASE_LABEL]: 'true' } }, undefined);
         } finally {
-          await removeInUserNamespace(identity, [dir]).catch(() => undefined);
+          if (existsSync(scratch)) await removeInUserNamespace(identity, [scratch]).catch(() => undefined);
         }
       }
     }
   }
 
-  /** Move a finished directory into the store as a layer; its diff_id comes from the deterministic snapshot. */
-  private async commitDirectory(dir: string, label: string, createdBy: string): Promise<ImageLayer> {
+  /**
+   * Make `scratch/root` (a step's overlay upper dir, already inside the store's layers/ dir) a layer. One
+   * layer-worker run does all that needs the user namespace: the deterministic snapshot (the diff_id), the
+   * mtime clamp, removing `remove` (the overlay work dir) and, when the store already has that content,
+   * the tree itself. Then the scratch dir, which the user owns, is renamed into place: no copy, no move of
+   * the subordinate-owned tree, no second worker.
+   */
+  private async commitScratch(scratch: string, createdBy: string, remove: string[]): Promise<ImageLayer> {
     const { store, identity } = this.options;
-    const meta = await store.addLayer(dir, {
-      label,
-      createdBy,
-      chown: true,
-      unpack: async (source, dest) => {
-        if (typeof source !== 'string') throw new EnvyError('INTERNAL', 'a step layer is a directory');
-        const snapshot = await snapshotInUserNamespace(identity, source, this.epoch, dest);
-        return {
-          diffId: snapshot.diffId,
-          tarSize: snapshot.size,
-          compression: 'none',
-          entries: snapshot.entries,
-          skippedDevices: 0,
-          whiteouts: snapshot.whiteouts,
-          opaqueDirs: snapshot.opaqueDirs,
-          // The upper dir was written inside the namespace and moved as it is: its owners are the image's.
-          // Without this, export wrote every file of a step layer as 0:0 (the user's home became root's).
-          chowned: true,
-          owners: {},
-          strippedModes: {},
-        } as ExtractResult;
+    const snapshot = await snapshotInUserNamespace(identity, join(scratch, 'root'), this.epoch, { layersDir: join(store.root, 'layers/sha256'), remove });
+    if (snapshot.existing) {
+      // The worker removed the tree; what is left is the user's own empty scratch dir.
+      rmSync(scratch, { recursive: true, force: true });
+      return { diffId: snapshot.diffId };
+    }
+    const meta = await store.adoptLayerDir(
+      scratch,
+      {
+        diffId: snapshot.diffId,
+        size: snapshot.size,
+        createdBy,
+        entries: snapshot.entries,
+        skippedDevices: 0,
+        whiteouts: snapshot.whiteouts,
+        opaqueDirs: snapshot.opaqueDirs,
+        // The upper dir was written inside the namespace and kept as it is: its owners are the image's.
+        // Without this, export wrote every file of a step layer as 0:0 (the user's home became root's).
+        chowned: true,
+        owners: {},
+        strippedModes: {},
       },
-      // A layer whose content the store already has (common once mtimes are clamped) is dropped again.
-      removeTree: (path) => removeInUserNamespace(identity, [path]),
-    });
+      // Someone stored the same content since the worker looked: drop ours.
+      { removeTree: (path) => removeInUserNamespace(identity, [path]) },
+    );
     return { diffId: meta.diffId };
   }
 
@@ -300,8 +306,9 @@ export class Executor {
     how: { argv: string[]; root: boolean; cwd?: string; env?: Record<string, string>; extraMounts?: MountRequest[] },
   ): Promise<ImageRecord> {
     const { store, identity, spec } = this.options;
+    // The upper dir is created where the layer will live (scratch/root), so committing it is a rename.
     const scratch = join(store.root, 'layers', tempName('step'));
-    const upper = join(scratch, 'upper');
+    const upper = join(scratch, 'root');
     const work = join(scratch, 'work');
     mkdirSync(upper, { recursive: true });
     mkdirSync(work, { recursive: true });
@@ -361,10 +368,11 @@ export class Executor {
         if (!name || !version) throw new EnvyError('BUILD', `step "${step.label}" did not say which kernel it unpacked`, { details: [`log: ${log.path}`] });
         this.resolved.kernel = { package: name, version };
       }
-      const layer = await this.commitDirectory(upper, step.label, step.label);
+      const layer = await this.commitScratch(scratch, step.label, [work]);
       return this.derive(step, parent, [layer], {});
     } finally {
-      await removeInUserNamespace(identity, [scratch]).catch(() => rmSync(scratch, { recursive: true, force: true }));
+      // Only a failed step leaves its scratch: a committed one was renamed into the store or removed.
+      if (existsSync(scratch)) await removeInUserNamespace(identity, [scratch]).catch(() => rmSync(scratch, { recursive: true, force: true }));
     }
   }
 

@@ -2,7 +2,9 @@
  * Runs as root inside a user namespace (started by `envy-ns userns`), where a
  * layer's files have the owners the image gives them and every file can be
  * read and chowned. Each job answers with one JSON line on stdout:
- *   snapshot DIR EPOCH [DEST]  the deterministic tar digest of DIR (a step's upper dir), then DIR moved to DEST
+ *   snapshot DIR EPOCH LAYERS [REMOVE...]  the deterministic tar digest of DIR (a step's upper dir, already
+ *                        where the layer will live); DIR's mtimes clamped to EPOCH, or DIR removed when
+ *                        LAYERS/<hex>/meta.json shows the store has that layer; the REMOVE trees removed
  *   unpack TAR DEST LABEL [DIFFID]  a layer tarball (`-`: stdin, streamed from a download or an archive)
  *                        extracted with its owners into DEST; with DIFFID, a tar of any other content is refused
  *   remove PATH...       trees with files of subordinate owners (overlay work dirs, layers)
@@ -13,7 +15,7 @@
  *                        (runtime/vm/disk-worker.ts), handed to UID:GID
  * Errors go to stderr as one line and exit 1.
  */
-import { lchownSync, lstatSync, lutimesSync, readdirSync, renameSync } from 'node:fs';
+import { existsSync, lchownSync, lstatSync, lutimesSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { extractLayer, removeTree } from '../image/extract.js';
 import { exportImage, tarTree } from '../image/export.js';
@@ -29,16 +31,19 @@ function clampMtimes(path: string, epoch: number): void {
 
 async function main(argv: string[]): Promise<unknown> {
   const [job, ...args] = argv;
-  if (job === 'snapshot' && (args.length === 2 || args.length === 3)) {
-    const epoch = args[1] === '' ? undefined : Number(args[1]);
+  if (job === 'snapshot' && args.length >= 3) {
+    const [dir, epochArg, layersDir, ...remove] = args as [string, string, string, ...string[]];
+    const epoch = epochArg === '' ? undefined : Number(epochArg);
     // Running as root in the namespace, lstat shows the owners the image means: record them as they are.
-    const tree = await tarTree(args[0]!, { chowned: true, owners: {}, strippedModes: {} }, undefined, { gzip: false, sourceDateEpoch: epoch });
-    const result: LayerSnapshot = { diffId: tree.diffId, size: tree.size, entries: tree.entries, whiteouts: tree.whiteouts, opaqueDirs: tree.opaqueDirs };
+    const tree = await tarTree(dir, { chowned: true, owners: {}, strippedModes: {} }, undefined, { gzip: false, sourceDateEpoch: epoch });
+    // Overlay leaves work/work at mode 000: removeTree opens it up.
+    for (const path of remove) removeTree(path);
+    const existing = existsSync(join(layersDir, tree.diffId.slice('sha256:'.length), 'meta.json'));
+    if (existing) removeTree(dir);
     // The tar clamped mtimes to the epoch; clamp the tree too, so the stored layer re-tars (envy export)
     // to the very diff_id it is recorded under.
-    if (epoch !== undefined) clampMtimes(args[0]!, epoch);
-    // Moving a directory to a new parent rewrites its `..`: only its owner (often the subordinate root) may.
-    if (args[2]) renameSync(args[0]!, args[2]);
+    else if (epoch !== undefined) clampMtimes(dir, epoch);
+    const result: LayerSnapshot = { diffId: tree.diffId, existing, size: tree.size, entries: tree.entries, whiteouts: tree.whiteouts, opaqueDirs: tree.opaqueDirs };
     return result;
   }
   if (job === 'unpack' && (args.length === 3 || args.length === 4)) {
@@ -74,7 +79,7 @@ async function main(argv: string[]): Promise<unknown> {
     return result;
   }
   if (job === 'vm-disk') return vmDiskJob(args, { node: process.execPath, worker: process.argv[1]! });
-  throw new Error(`usage: layer-worker snapshot DIR EPOCH [DEST] | unpack TAR|- DEST LABEL [DIFFID] | remove PATH... | own-by-root DIR | export STORE KEY KIND PATH TAG UID:GID (got: ${argv.join(' ')})`);
+  throw new Error(`usage: layer-worker snapshot DIR EPOCH LAYERS [REMOVE...] | unpack TAR|- DEST LABEL [DIFFID] | remove PATH... | own-by-root DIR | export STORE KEY KIND PATH TAG UID:GID (got: ${argv.join(' ')})`);
 }
 
 main(process.argv.slice(2)).then(

@@ -19,6 +19,8 @@ import type { VmDiskResult } from '../runtime/vm/disk-worker.js';
 /** A directory's identity as a layer: the digest of its deterministic tar (image/export.ts tarTree). */
 export interface LayerSnapshot {
   diffId: string;
+  /** The store already had this layer (in `layersDir`): the snapshotted tree was removed instead of kept. */
+  existing: boolean;
   size: number;
   entries: number;
   whiteouts: string[];
@@ -43,10 +45,18 @@ async function inUserNamespace<T>(identity: Pick<Identity, 'uid' | 'gid'>, args:
   }
 }
 
-/** The diff_id of `dir`'s deterministic tar; with `moveTo`, the directory is then moved there. */
-export function snapshotInUserNamespace(identity: Pick<Identity, 'uid' | 'gid'>, dir: string, sourceDateEpoch?: number, moveTo?: string): Promise<LayerSnapshot> {
+/**
+ * The diff_id of `dir`'s deterministic tar, its mtimes then clamped to the epoch; in the same run, the
+ * `remove` trees go, and so does `dir` when `layersDir` already holds a layer with that diff_id.
+ */
+export function snapshotInUserNamespace(
+  identity: Pick<Identity, 'uid' | 'gid'>,
+  dir: string,
+  sourceDateEpoch: number | undefined,
+  options: { layersDir: string; remove: string[] },
+): Promise<LayerSnapshot> {
   const epoch = sourceDateEpoch === undefined ? '' : String(sourceDateEpoch);
-  return inUserNamespace(identity, ['snapshot', dir, epoch, ...(moveTo ? [moveTo] : [])], `snapshot of ${dir}`);
+  return inUserNamespace(identity, ['snapshot', dir, epoch, options.layersDir, ...options.remove], `snapshot of ${dir}`);
 }
 
 /**

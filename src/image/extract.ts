@@ -412,8 +412,9 @@ class LayerWriter {
         // Symlinks may point anywhere: they are resolved inside the environment's root, never while unpacking.
         symlinkSync(target, abs);
         this.placed.add(rel);
-        if (this.options.chown) lchownSync(abs, uid, gid);
-        else this.noteOwner(rel, uid, gid);
+        if (this.options.chown) {
+          if (!ownedByUs(uid, gid)) lchownSync(abs, uid, gid);
+        } else this.noteOwner(rel, uid, gid);
         lutimesSync(abs, mtime, mtime);
         this.symlinks.add(rel);
         this.linkable.add(rel);
@@ -454,8 +455,9 @@ class LayerWriter {
   }
 
   private applyAttributes(rel: string, abs: string, mode: number, mtime: Date, uid: number, gid: number): void {
-    if (this.options.chown) lchownSync(abs, uid, gid);
-    else this.noteOwner(rel, uid, gid);
+    if (this.options.chown) {
+      if (!ownedByUs(uid, gid)) lchownSync(abs, uid, gid);
+    } else this.noteOwner(rel, uid, gid);
     // chmod after chown: chown clears setuid bits.
     chmodSync(abs, this.finalMode(rel, mode));
     utimesSync(abs, mtime, mtime);
@@ -522,14 +524,27 @@ async function readEntry(entry: TarEntry): Promise<Buffer> {
 
 // The open(2) mode passes through the umask; fchmod only when that changed it.
 const UMASK = process.umask();
+// What a file we create is owned by (root, in the layer worker's user namespace): most of a layer is.
+const OWN_UID = process.getuid?.() ?? -1;
+const OWN_GID = process.getgid?.() ?? -1;
+
+/**
+ * Whether a new entry already has this owner, so chown can be skipped. Parents are made without the
+ * setgid bit (modes are applied last), so a new entry's group is always ours.
+ */
+function ownedByUs(uid: number, gid: number): boolean {
+  return uid === OWN_UID && gid === OWN_GID;
+}
 /** One open, one write, fd-based attributes: a layer is mostly small files, and path lookups add up. */
 function writeSmallFile(abs: string, data: Buffer, mode: number, mtime: Date, owner: { uid: number; gid: number } | undefined): void {
   const fd = openSync(abs, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, mode & 0o777);
   try {
     let offset = 0;
     while (offset < data.length) offset += writeSync(fd, data, offset, data.length - offset);
-    if (owner) fchownSync(fd, owner.uid, owner.gid);
-    if (owner || (mode & ~UMASK & 0o7777) !== mode) fchmodSync(fd, mode);
+    const chown = owner !== undefined && !ownedByUs(owner.uid, owner.gid);
+    if (chown) fchownSync(fd, owner.uid, owner.gid);
+    // chown clears setuid/setgid; open(2) cannot set them, and the umask may have cleared other bits.
+    if (chown || (mode & ~UMASK & 0o777) !== mode) fchmodSync(fd, mode);
     futimesSync(fd, mtime, mtime);
   } finally {
     closeSync(fd);

@@ -370,6 +370,27 @@ export class LayerStore {
     });
   }
 
+  /**
+   * Take a prepared temp dir (`layers/.tmp-*`, holding the layer's tree as `root/`, its diff_id already
+   * computed: a build step's snapshotted upper dir) as a layer: meta.json is written into it and the dir
+   * is renamed into place, under the layer's lock. Identical content already stored wins: the dir is
+   * removed with `removeTree` (its tree may belong to subordinate ids).
+   */
+  async adoptLayerDir(dir: string, meta: Omit<LayerMeta, 'createdAt'>, options: Pick<AddLayerOptions, 'removeTree'> = {}): Promise<LayerMeta> {
+    return this.withLock(`layer-${digestHex(meta.diffId)}`, `commit ${meta.createdBy}`, async () => {
+      if (this.hasLayer(meta.diffId)) {
+        await this.removeTemp(dir, options);
+        return this.readLayerMeta(meta.diffId);
+      }
+      if (!isDirectory(join(dir, 'root'))) throw new EnvyError('INTERNAL', `${dir} has no root/ to commit as layer ${meta.diffId}`);
+      const full: LayerMeta = { ...meta, createdAt: new Date().toISOString() };
+      writeFileAtomic(join(dir, 'meta.json'), `${JSON.stringify(full)}\n`);
+      renameSync(dir, this.layerDir(meta.diffId));
+      fsyncDir(join(this.root, 'layers/sha256'));
+      return full;
+    });
+  }
+
   private async removeTemp(temp: string, options: Pick<AddLayerOptions, 'removeTree'>): Promise<void> {
     await (options.removeTree ?? removeTree)(temp);
   }
