@@ -181,3 +181,27 @@ export async function filterThrough(file: string, args: readonly string[], input
   })();
   return { output: child.stdout!, done };
 }
+
+/**
+ * Start a long-lived program with pipes on all three streams (the layer worker serving several unpacks).
+ * `done` settles when it exits, rejecting with an EnvyError naming it and its stderr tail when it fails.
+ */
+export async function startProcess(
+  file: string,
+  args: readonly string[],
+  options: RunOptions = {},
+): Promise<{ stdin: NodeJS.WritableStream; stdout: NodeJS.ReadableStream; pid: number | undefined; kill: () => void; done: Promise<void> }> {
+  const { errorCode = 'EXEC', hint, ...execaOptions } = options;
+  debug(`$ ${formatCommand(file, args)}`);
+  const { execa } = await import('execa');
+  const child = execa(file, args, { ...execaOptions, stdin: 'pipe', stdout: 'pipe', stderr: 'pipe', buffer: { stdout: false, stderr: true } });
+  const done = (async (): Promise<void> => {
+    try {
+      await child;
+    } catch (error) {
+      throw toEnvyError(file, args, error, errorCode, hint);
+    }
+  })();
+  done.catch(() => undefined);
+  return { stdin: child.stdin!, stdout: child.stdout!, pid: child.pid, kill: () => void child.kill('SIGKILL'), done };
+}

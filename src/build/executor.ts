@@ -15,9 +15,8 @@ import { bootstrapDebian } from '../image/debian.js';
 import { createHostBaseLayer } from '../image/host.js';
 import { importOci } from '../image/oci-import.js';
 import { pullImage } from '../image/registry.js';
-import type { ImageConfig, ImageLayer, ImageRecord, LayerStore } from '../image/store.js';
+import type { ImageConfig, ImageLayer, ImageRecord, LayerStore, Unpacker } from '../image/store.js';
 import { tempName } from '../image/temp.js';
-import type { ExtractResult } from '../image/extract.js';
 import type { Reporter } from '../cli/ui/events.js';
 import { packageName, pinnedRequest } from '../plan/packages.js';
 import { KERNEL_MARKER, kernelScript } from '../plan/kernel.js';
@@ -25,7 +24,7 @@ import type { BaseStep, BuildPlan, FilesStep, KernelStep, PackagesStep, RunStep,
 import { NamespaceRuntime } from '../runtime/namespace/runtime.js';
 import type { EnvironmentConfig, Identity, MountRequest, ProcessSpec } from '../runtime/types.js';
 import { cacheDir } from '../state/paths.js';
-import { ownByRootInUserNamespace, removeInUserNamespace, snapshotInUserNamespace, unpackInUserNamespace } from './userns.js';
+import { ownByRootInUserNamespace, removeInUserNamespace, snapshotInUserNamespace, UnpackSession } from './userns.js';
 
 export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 /** Image label marking a host base: the runtime binds the host's /usr over it. */
@@ -209,9 +208,19 @@ export class Executor {
   }
 
   private async base(step: BaseStep, log: StepLog): Promise<ImageRecord> {
+    if (step.source.kind === 'host') return this.baseLayers(step, log, async () => Promise.reject(new EnvyError('INTERNAL', 'a host base unpacks nothing')));
+    // One layer worker unpacks all of the base's layers, each while it streams in (userns.ts).
+    let session: Promise<UnpackSession> | undefined;
+    const unpack: Unpacker = async (source, dest, o) => (await (session ??= UnpackSession.start(this.options.identity))).unpack(source, dest, o);
+    try {
+      return await this.baseLayers(step, log, unpack);
+    } finally {
+      await session?.then((s) => s.close(), () => undefined);
+    }
+  }
+
+  private async baseLayers(step: BaseStep, log: StepLog, unpack: Unpacker): Promise<ImageRecord> {
     const { store, reporter, identity } = this.options;
-    const unpack = (source: string | NodeJS.ReadableStream, dest: string, o: { label: string; expectedDiffId?: string }): Promise<ExtractResult> =>
-      unpackInUserNamespace(identity, source, dest, o.label, o.expectedDiffId);
     const removeTree = (path: string): Promise<void> => removeInUserNamespace(identity, [path]).then(() => undefined);
     const record = (layers: ImageLayer[], config: ImageConfig, digest: string | undefined): ImageRecord => {
       this.resolved.baseDigest = digest;
