@@ -169,15 +169,24 @@ export async function filterThrough(file: string, args: readonly string[], input
   debug(`$ ${formatCommand(file, args)} < stream`);
   const { execa } = await import('execa');
   const child = execa(file, args, { ...execaOptions, stdin: 'pipe', stdout: 'pipe', buffer: { stdout: false, stderr: true } });
-  const feeding = pipeline(input, child.stdin!).catch(() => undefined);
+  let inputError: unknown;
+  const feeding = pipeline(input, child.stdin!).catch((error: unknown) => {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'EPIPE' || code === 'ERR_STREAM_PREMATURE_CLOSE') return;
+    // The input's failure is the reader's: the program would only complain about a truncated stream.
+    inputError = error;
+    child.stdout!.destroy(error as Error);
+    child.kill('SIGKILL');
+  });
   const done = (async (): Promise<void> => {
     try {
       await child;
     } catch (error) {
-      throw toEnvyError(file, args, error, errorCode, hint);
-    } finally {
       await feeding;
+      throw inputError ?? toEnvyError(file, args, error, errorCode, hint);
     }
+    await feeding;
+    if (inputError) throw inputError;
   })();
   return { output: child.stdout!, done };
 }

@@ -34,7 +34,7 @@ import {
   futimesSync,
 } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { Readable } from 'node:stream';
+import { pipeline as pipelineCallback, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import * as tar from 'tar-stream';
@@ -160,7 +160,11 @@ async function openDecompressed(source: LayerSource): Promise<Decompressed> {
     ({ head, stream } = await peek(source, 4));
   }
   const compression = sniffCompression(head);
-  if (compression === 'gzip') return { stream: stream.pipe(createGunzip()), compression, done: Promise.resolve() };
+  if (compression === 'gzip') {
+    // Not pipe(), which does not forward errors: a source that fails (a download whose digest does not
+    // match) must fail the gunzip, not go unhandled. The reader sees the error on the gunzip.
+    return { stream: chain(stream, createGunzip()), compression, done: Promise.resolve() };
+  }
   if (compression === 'none') return { stream, compression, done: Promise.resolve() };
   // zstd: Node 20 has none; the zstd program decompresses as a stream filter (no spill file).
   const { output, done } = await filterThrough('zstd', ['-d', '-q', '-c'], stream, {
@@ -168,6 +172,11 @@ async function openDecompressed(source: LayerSource): Promise<Decompressed> {
     hint: 'zstd layers need the zstd program (Debian: apt-get install zstd); a failure here means a corrupt blob',
   });
   return { stream: output as Readable, compression, done };
+}
+
+/** `source` piped into `next`, a failure of either destroying both (`next` is what the caller reads). */
+export function chain<T extends NodeJS.ReadWriteStream>(source: NodeJS.ReadableStream, next: T): T {
+  return pipelineCallback(source, next, () => undefined) as unknown as T;
 }
 
 function readHead(path: string, length: number): Buffer {

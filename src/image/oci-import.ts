@@ -12,6 +12,7 @@ import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar-stream';
 import { EnvyError } from '../errors.js';
 import { digestHex, HashingStream, sha256, VerifyingStream } from './digest.js';
+import { chain } from './extract.js';
 import { manifestKind, sniffCompression } from './media-types.js';
 import { parseImageConfig, type OciDescriptor, type OciImageConfig, type OciIndex, type OciManifest } from './oci.js';
 import { formatPlatform, hostPlatform, selectPlatform } from './registry.js';
@@ -91,7 +92,7 @@ function directoryBlobs(layout: string, store: LayerStore, options: ImportOption
       const file = path(descriptor.digest, where);
       if (!isFile(file)) throw new EnvyError('IMAGE', `${where}: blob ${descriptor.digest} is missing`, { hint: 'the layout is incomplete' });
       // Unpacked straight from the layout, its digest checked on the way (no copy into the store).
-      await store.addLayer(() => createReadStream(file).pipe(new VerifyingStream(descriptor.digest, mismatch(where, descriptor.digest, 'the layout is corrupt'))), {
+      await store.addLayer(() => chain(createReadStream(file), new VerifyingStream(descriptor.digest, mismatch(where, descriptor.digest, 'the layout is corrupt'))), {
         label: descriptor.digest,
         createdBy,
         expectedDiffId: diffId,
@@ -247,7 +248,7 @@ async function readArchive(file: string, store: LayerStore, options: ImportOptio
   } finally {
     closeSync(fd);
   }
-  const source: Readable = sniffCompression(head) === 'gzip' ? createReadStream(file).pipe(createGunzip()) : createReadStream(file);
+  const source: Readable = sniffCompression(head) === 'gzip' ? chain(createReadStream(file), createGunzip()) : createReadStream(file);
   const extract = tar.extract();
   const feeding = pipeline(source, extract);
   feeding.catch(() => {});
