@@ -17,7 +17,7 @@
  * no flock, and the lock files carry pid + start time, so a SIGKILLed owner is
  * detected and its lock taken over (src/state/lock.ts).
  */
-import { lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { EnvyError } from '../errors.js';
 import { fsyncDir, writeFileAtomic } from '../state/atomic.js';
@@ -218,20 +218,18 @@ export class LayerStore {
       });
     }
     renameSync(file, this.blobPath(digest));
-    fsyncDir(join(this.root, 'blobs/sha256'));
   }
 
   /** Move a .partial file whose digest the caller has just checked into blobs/ (a streamed download). */
   commitVerifiedBlob(digest: string, file: string): void {
     renameSync(file, this.blobPath(digest));
-    fsyncDir(join(this.root, 'blobs/sha256'));
   }
 
   /** Write a small blob (config, manifest) we already hold in memory, verifying its digest. */
   async putBlob(digest: string, data: Uint8Array, where: string): Promise<void> {
     if (this.hasBlob(digest)) return;
     const temp = join(this.root, 'blobs/sha256', tempName('blob'));
-    writeFileAtomic(temp, data);
+    writeFileSync(temp, data);
     await this.commitBlob(digest, temp, where);
   }
 
@@ -296,7 +294,7 @@ export class LayerStore {
           owners: result.owners,
           strippedModes: result.strippedModes,
         };
-        writeFileAtomic(join(temp, 'meta.json'), `${JSON.stringify(meta)}\n`);
+        writeFileSync(join(temp, 'meta.json'), `${JSON.stringify(meta)}\n`);
         if (this.hasLayer(meta.diffId)) {
           // Known only after unpacking (no expected diff_id): someone stored it meanwhile.
           await this.removeTemp(temp, options);
@@ -310,7 +308,6 @@ export class LayerStore {
           await this.removeTemp(temp, options);
           return this.readLayerMeta(meta.diffId);
         }
-        fsyncDir(join(this.root, 'layers/sha256'));
         return meta;
       } catch (error) {
         // The failure is what the user needs to see; a temp dir left behind is swept by the next open.
@@ -359,9 +356,8 @@ export class LayerStore {
           opaqueDirs: tree.opaqueDirs,
           ...ownership,
         };
-        writeFileAtomic(join(temp, 'meta.json'), `${JSON.stringify(meta)}\n`);
+        writeFileSync(join(temp, 'meta.json'), `${JSON.stringify(meta)}\n`);
         renameSync(temp, this.layerDir(tree.diffId));
-        fsyncDir(join(this.root, 'layers/sha256'));
         return meta;
       } catch (error) {
         await this.removeTemp(temp, {}).catch(() => undefined);
@@ -384,9 +380,8 @@ export class LayerStore {
       }
       if (!isDirectory(join(dir, 'root'))) throw new EnvyError('INTERNAL', `${dir} has no root/ to commit as layer ${meta.diffId}`);
       const full: LayerMeta = { ...meta, createdAt: new Date().toISOString() };
-      writeFileAtomic(join(dir, 'meta.json'), `${JSON.stringify(full)}\n`);
+      writeFileSync(join(dir, 'meta.json'), `${JSON.stringify(full)}\n`);
       renameSync(dir, this.layerDir(meta.diffId));
-      fsyncDir(join(this.root, 'layers/sha256'));
       return full;
     });
   }
@@ -420,6 +415,12 @@ export class LayerStore {
     for (const layer of record.layers) {
       if (!this.hasLayer(layer.diffId)) throw new EnvyError('INTERNAL', `image ${record.key} names layer ${layer.diffId}, which is not in the store`);
     }
+    // The one durability barrier of a pull, an import or a build step: layers and blobs were committed by
+    // rename alone (atomic, so a SIGKILL never leaves half of one), and the record naming them is
+    // written only once their directory entries are on disk. An fsync per layer, on ext4, waited for all
+    // of the layer's data each time.
+    fsyncDir(join(this.root, 'layers/sha256'));
+    fsyncDir(join(this.root, 'blobs/sha256'));
     await this.withLock('store', `write image ${record.key}`, () => writeFileAtomic(this.imagePath(record.key), `${JSON.stringify(record, null, 2)}\n`));
   }
 
