@@ -10,8 +10,9 @@
  *
  * Crash safety: every layer is unpacked into layers/.tmp-* and renamed into
  * place only once complete with its meta.json, so a layer dir that exists is
- * whole; JSON documents are written atomically; temp dirs of dead processes
- * are swept on open. Concurrency: a lock per layer/blob serialises the work on
+ * whole; image records and refs are written atomically, after one fsync of the
+ * layer and blob dirs (the durability barrier: docs/images.md); temp dirs of
+ * dead processes are swept on open. Concurrency: a lock per layer/blob serialises the work on
  * one digest (a second puller waits, then finds it done), and one store lock
  * guards image records, refs and gc. Lock files rather than flock(2): Node has
  * no flock, and the lock files carry pid + start time, so a SIGKILLed owner is
