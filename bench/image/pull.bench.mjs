@@ -50,7 +50,7 @@ try {
         import { randomBytes } from 'node:crypto';
         import { pullImage } from './src/image/registry.ts';
         import { LayerStore } from './src/image/store.ts';
-        import { removeInUserNamespace, unpackInUserNamespace } from './src/build/userns.ts';
+        import { removeInUserNamespace, UnpackSession } from './src/build/userns.ts';
         import { busyboxLayers, writeImage, writeIndex } from './test/e2e/image/fixtures.ts';
         const [mode, a, b] = process.argv.slice(2);
         if (mode === 'setup') {
@@ -66,11 +66,12 @@ try {
         } else {
           // What the build does for a base image (src/build/executor.ts).
           const identity = { uid: process.getuid(), gid: process.getgid() };
-          await pullImage(a, LayerStore.open(b), {
-            chown: true,
-            unpack: (source, dest, o) => unpackInUserNamespace(identity, source, dest, o.label, o.expectedDiffId),
-            removeTree: (path) => removeInUserNamespace(identity, [path]),
-          });
+          const session = await UnpackSession.start(identity);
+          try {
+            await pullImage(a, LayerStore.open(b), { chown: true, unpack: session.unpack, removeTree: (path) => removeInUserNamespace(identity, [path]) });
+          } finally {
+            await session.close();
+          }
         }
       `,
     },
