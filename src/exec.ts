@@ -3,6 +3,7 @@
  * command line (shown with --debug) and turns failures into EnvyErrors that
  * name the program and the tail of its stderr, so no caller has to.
  */
+import { pipeline } from 'node:stream/promises';
 import type { Options, Result } from 'execa';
 import { EnvyError, type ErrorCode } from './errors.js';
 
@@ -126,4 +127,90 @@ export async function runStreaming(file: string, args: readonly string[], option
   }
   const status = failure.timedOut ? 'timed out' : failure.signal ? `was killed by ${failure.signal}` : `exited with ${failure.exitCode ?? '?'}`;
   throw new EnvyError(errorCode, `${file} ${status}: ${formatCommand(file, args)}`, { hint, details: tail.slice() });
+}
+
+/**
+ * Run a program fed from `input` (a layer streamed into the layer worker). Resolves like `run` once the
+ * program exited and all of `input` went in. If `input` fails (a download cut off, a blob whose digest
+ * does not match), the program is killed and that failure is what rejects: the program must not take a
+ * truncated or unverified stream for a whole one.
+ */
+export async function runWithInput(file: string, args: readonly string[], input: NodeJS.ReadableStream, options: RunOptions = {}): Promise<Result> {
+  const { errorCode = 'EXEC', hint, ...execaOptions } = options;
+  debug(`$ ${formatCommand(file, args)} < stream`);
+  const { execa } = await import('execa');
+  const child = execa(file, args, { stripFinalNewline: true, ...execaOptions, stdin: 'pipe' });
+  let inputError: unknown;
+  const feeding = pipeline(input, child.stdin!).catch((error: unknown) => {
+    // EPIPE when the program exits early: its own exit status says why.
+    if ((error as NodeJS.ErrnoException).code === 'EPIPE' || (error as NodeJS.ErrnoException).code === 'ERR_STREAM_PREMATURE_CLOSE') return;
+    inputError = error;
+    child.kill('SIGKILL');
+  });
+  try {
+    const result = (await child) as Result;
+    await feeding;
+    if (inputError) throw inputError;
+    return result;
+  } catch (error) {
+    await feeding;
+    if (inputError) throw inputError;
+    (input as NodeJS.ReadableStream & { destroy?: () => void }).destroy?.();
+    throw toEnvyError(file, args, error, errorCode, hint);
+  }
+}
+
+/**
+ * A program as a stream filter (zstd -d): `input` goes to its stdin, its stdout is returned; `done`
+ * settles when it exited, rejecting with an EnvyError when it failed.
+ */
+export async function filterThrough(file: string, args: readonly string[], input: NodeJS.ReadableStream, options: RunOptions = {}): Promise<{ output: NodeJS.ReadableStream; done: Promise<void> }> {
+  const { errorCode = 'EXEC', hint, ...execaOptions } = options;
+  debug(`$ ${formatCommand(file, args)} < stream`);
+  const { execa } = await import('execa');
+  const child = execa(file, args, { ...execaOptions, stdin: 'pipe', stdout: 'pipe', buffer: { stdout: false, stderr: true } });
+  let inputError: unknown;
+  const feeding = pipeline(input, child.stdin!).catch((error: unknown) => {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'EPIPE' || code === 'ERR_STREAM_PREMATURE_CLOSE') return;
+    // The input's failure is the reader's: the program would only complain about a truncated stream.
+    inputError = error;
+    child.stdout!.destroy(error as Error);
+    child.kill('SIGKILL');
+  });
+  const done = (async (): Promise<void> => {
+    try {
+      await child;
+    } catch (error) {
+      await feeding;
+      throw inputError ?? toEnvyError(file, args, error, errorCode, hint);
+    }
+    await feeding;
+    if (inputError) throw inputError;
+  })();
+  return { output: child.stdout!, done };
+}
+
+/**
+ * Start a long-lived program with pipes on all three streams (the layer worker serving several unpacks).
+ * `done` settles when it exits, rejecting with an EnvyError naming it and its stderr tail when it fails.
+ */
+export async function startProcess(
+  file: string,
+  args: readonly string[],
+  options: RunOptions = {},
+): Promise<{ stdin: NodeJS.WritableStream; stdout: NodeJS.ReadableStream; pid: number | undefined; kill: () => void; done: Promise<void> }> {
+  const { errorCode = 'EXEC', hint, ...execaOptions } = options;
+  debug(`$ ${formatCommand(file, args)}`);
+  const { execa } = await import('execa');
+  const child = execa(file, args, { ...execaOptions, stdin: 'pipe', stdout: 'pipe', stderr: 'pipe', buffer: { stdout: false, stderr: true } });
+  const done = (async (): Promise<void> => {
+    try {
+      await child;
+    } catch (error) {
+      throw toEnvyError(file, args, error, errorCode, hint);
+    }
+  })();
+  done.catch(() => undefined);
+  return { stdin: child.stdin!, stdout: child.stdout!, pid: child.pid, kill: () => void child.kill('SIGKILL'), done };
 }

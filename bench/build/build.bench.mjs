@@ -6,7 +6,8 @@
 // start from that archive (`base: {oci: base.tar}` for envy; `podman load` of it for podman), importing
 // it inside the timed cold build. Cold means nothing cached: a fresh ENVY_HOME (no layer
 // store, no apt cache), and for podman an emptied image store. Runs alternate so both see the same load.
-// Run as root it runs everything as the unprivileged `envtest` user (rootless numbers are the point).
+// Run as root it runs everything as the unprivileged `envtest` user, or $BENCH_USER (rootless numbers are
+// the point).
 import { execFileSync, spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -17,7 +18,8 @@ import { hasProgram } from '../lib.mjs';
 const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const asRoot = process.getuid() === 0;
-const user = asRoot ? 'envtest' : execFileSync('id', ['-un']).toString().trim();
+// BENCH_USER: concurrent benchmark runs on one machine each use their own user (and podman store).
+const user = asRoot ? (process.env.BENCH_USER ?? 'envtest') : execFileSync('id', ['-un']).toString().trim();
 
 for (const program of ['podman', 'mmdebstrap']) {
   if (!hasProgram(program)) {

@@ -7,7 +7,7 @@
  * reporter; a failure names the step, its command, the last lines, the exit
  * code and the log.
  */
-import { createWriteStream, mkdirSync, rmSync, type WriteStream } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, rmSync, type WriteStream } from 'node:fs';
 import { join } from 'node:path';
 import type { EnvSpec } from '../config/types.js';
 import { EnvyError } from '../errors.js';
@@ -15,9 +15,8 @@ import { bootstrapDebian } from '../image/debian.js';
 import { createHostBaseLayer } from '../image/host.js';
 import { importOci } from '../image/oci-import.js';
 import { pullImage } from '../image/registry.js';
-import type { ImageConfig, ImageLayer, ImageRecord, LayerStore } from '../image/store.js';
+import type { ImageConfig, ImageLayer, ImageRecord, LayerStore, Unpacker } from '../image/store.js';
 import { tempName } from '../image/temp.js';
-import type { ExtractResult } from '../image/extract.js';
 import type { Reporter } from '../cli/ui/events.js';
 import { packageName, pinnedRequest } from '../plan/packages.js';
 import { KERNEL_MARKER, kernelFileScript, kernelScript } from '../plan/kernel.js';
@@ -27,7 +26,7 @@ import type { EnvironmentConfig, Identity, MountRequest, ProcessSpec } from '../
 import { cacheDir } from '../state/paths.js';
 import { AptDownloadProgress } from './apt-progress.js';
 import { buildPassthroughEnv } from './host-env.js';
-import { ownByRootInUserNamespace, removeInUserNamespace, snapshotInUserNamespace, unpackInUserNamespace } from './userns.js';
+import { ownByRootInUserNamespace, removeInUserNamespace, snapshotInUserNamespace, UnpackSession } from './userns.js';
 
 export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 /** Image label marking a host base: the runtime binds the host's /usr over it. */
@@ -229,11 +228,19 @@ export class Executor {
   }
 
   private async base(step: BaseStep, log: StepLog): Promise<ImageRecord> {
+    if (step.source.kind === 'host') return this.baseLayers(step, log, async () => Promise.reject(new EnvyError('INTERNAL', 'a host base unpacks nothing')));
+    // One layer worker unpacks all of the base's layers, each while it streams in (userns.ts).
+    let session: Promise<UnpackSession> | undefined;
+    const unpack: Unpacker = async (source, dest, o) => (await (session ??= UnpackSession.start(this.options.identity))).unpack(source, dest, o);
+    try {
+      return await this.baseLayers(step, log, unpack);
+    } finally {
+      await session?.then((s) => s.close(), () => undefined);
+    }
+  }
+
+  private async baseLayers(step: BaseStep, log: StepLog, unpack: Unpacker): Promise<ImageRecord> {
     const { store, reporter, identity } = this.options;
-    const unpack = (source: string | NodeJS.ReadableStream, dest: string, o: { label: string }): Promise<ExtractResult> => {
-      if (typeof source !== 'string') throw new EnvyError('INTERNAL', 'layers are unpacked from files here');
-      return unpackInUserNamespace(identity, source, dest, o.label);
-    };
     const removeTree = (path: string): Promise<void> => removeInUserNamespace(identity, [path]).then(() => undefined);
     const record = (layers: ImageLayer[], config: ImageConfig, digest: string | undefined): ImageRecord => {
       this.resolved.baseDigest = digest;
@@ -270,48 +277,54 @@ export class Executor {
         return record(imported.image.layers, imported.image.config, imported.digest);
       }
       case 'host': {
-        const dir = join(store.root, 'layers', tempName('hostbase'));
-        mkdirSync(dir);
+        const scratch = join(store.root, 'layers', tempName('hostbase'));
+        mkdirSync(join(scratch, 'root'), { recursive: true });
         try {
-          createHostBaseLayer(dir);
-          await ownByRootInUserNamespace(identity, dir);
-          const layer = await this.commitDirectory(dir, step.label, 'host base skeleton');
+          createHostBaseLayer(join(scratch, 'root'));
+          await ownByRootInUserNamespace(identity, join(scratch, 'root'));
+          const layer = await this.commitScratch(scratch, 'host base skeleton', []);
           return record([layer], { env: [`PATH=${DEFAULT_PATH}`], labels: { [HOST_BASE_LABEL]: 'true' } }, undefined);
         } finally {
-          await removeInUserNamespace(identity, [dir]).catch(() => undefined);
+          if (existsSync(scratch)) await removeInUserNamespace(identity, [scratch]).catch(() => undefined);
         }
       }
     }
   }
 
-  /** Move a finished directory into the store as a layer; its diff_id comes from the deterministic snapshot. */
-  private async commitDirectory(dir: string, label: string, createdBy: string): Promise<ImageLayer> {
+  /**
+   * Make `scratch/root` (a step's overlay upper dir, already inside the store's layers/ dir) a layer. One
+   * layer-worker run does all that needs the user namespace: the deterministic snapshot (the diff_id), the
+   * mtime clamp, removing `remove` (the overlay work dir) and, when the store already has that content,
+   * the tree itself. Then the scratch dir, which the user owns, is renamed into place: no copy, no move of
+   * the subordinate-owned tree, no second worker.
+   */
+  private async commitScratch(scratch: string, createdBy: string, remove: string[]): Promise<ImageLayer> {
     const { store, identity } = this.options;
-    const meta = await store.addLayer(dir, {
-      label,
-      createdBy,
-      chown: true,
-      unpack: async (source, dest) => {
-        if (typeof source !== 'string') throw new EnvyError('INTERNAL', 'a step layer is a directory');
-        const snapshot = await snapshotInUserNamespace(identity, source, this.epoch, dest);
-        return {
-          diffId: snapshot.diffId,
-          tarSize: snapshot.size,
-          compression: 'none',
-          entries: snapshot.entries,
-          skippedDevices: 0,
-          whiteouts: snapshot.whiteouts,
-          opaqueDirs: snapshot.opaqueDirs,
-          // The upper dir was written inside the namespace and moved as it is: its owners are the image's.
-          // Without this, export wrote every file of a step layer as 0:0 (the user's home became root's).
-          chowned: true,
-          owners: {},
-          strippedModes: {},
-        } as ExtractResult;
+    const snapshot = await snapshotInUserNamespace(identity, join(scratch, 'root'), this.epoch, { layersDir: join(store.root, 'layers/sha256'), remove });
+    if (snapshot.existing) {
+      // The worker removed the tree; what is left is the user's own empty scratch dir.
+      rmSync(scratch, { recursive: true, force: true });
+      return { diffId: snapshot.diffId };
+    }
+    const meta = await store.adoptLayerDir(
+      scratch,
+      {
+        diffId: snapshot.diffId,
+        size: snapshot.size,
+        createdBy,
+        entries: snapshot.entries,
+        skippedDevices: 0,
+        whiteouts: snapshot.whiteouts,
+        opaqueDirs: snapshot.opaqueDirs,
+        // The upper dir was written inside the namespace and kept as it is: its owners are the image's.
+        // Without this, export wrote every file of a step layer as 0:0 (the user's home became root's).
+        chowned: true,
+        owners: {},
+        strippedModes: {},
       },
-      // A layer whose content the store already has (common once mtimes are clamped) is dropped again.
-      removeTree: (path) => removeInUserNamespace(identity, [path]),
-    });
+      // Someone stored the same content since the worker looked: drop ours.
+      { removeTree: (path) => removeInUserNamespace(identity, [path]) },
+    );
     return { diffId: meta.diffId };
   }
 
@@ -322,8 +335,9 @@ export class Executor {
     how: { argv: string[]; root: boolean; cwd?: string; env?: Record<string, string>; extraMounts?: MountRequest[] },
   ): Promise<ImageRecord> {
     const { store, identity, spec } = this.options;
+    // The upper dir is created where the layer will live (scratch/root), so committing it is a rename.
     const scratch = join(store.root, 'layers', tempName('step'));
-    const upper = join(scratch, 'upper');
+    const upper = join(scratch, 'root');
     const work = join(scratch, 'work');
     mkdirSync(upper, { recursive: true });
     mkdirSync(work, { recursive: true });
@@ -385,10 +399,11 @@ export class Executor {
         if (!name || !version) throw new EnvyError('BUILD', `step "${step.label}" did not say which kernel it unpacked`, { details: [`log: ${log.path}`] });
         this.resolved.kernel = { package: name, version };
       }
-      const layer = await this.commitDirectory(upper, step.label, step.label);
+      const layer = await this.commitScratch(scratch, step.label, [work]);
       return this.derive(step, parent, [layer], {});
     } finally {
-      await removeInUserNamespace(identity, [scratch]).catch(() => rmSync(scratch, { recursive: true, force: true }));
+      // Only a failed step leaves its scratch: a committed one was renamed into the store or removed.
+      if (existsSync(scratch)) await removeInUserNamespace(identity, [scratch]).catch(() => rmSync(scratch, { recursive: true, force: true }));
     }
   }
 

@@ -2,8 +2,13 @@
  * Runs as root inside a user namespace (started by `envy-ns userns`), where a
  * layer's files have the owners the image gives them and every file can be
  * read and chowned. Each job answers with one JSON line on stdout:
- *   snapshot DIR EPOCH [DEST]  the deterministic tar digest of DIR (a step's upper dir), then DIR moved to DEST
- *   unpack TAR DEST LABEL  a layer tarball extracted with its owners into DEST
+ *   snapshot DIR EPOCH LAYERS [REMOVE...]  the deterministic tar digest of DIR (a step's upper dir, already
+ *                        where the layer will live); DIR's mtimes clamped to EPOCH, or DIR removed when
+ *                        LAYERS/<hex>/meta.json shows the store has that layer; the REMOVE trees removed
+ *   unpack TAR DEST LABEL [DIFFID]  a layer tarball (`-`: stdin, streamed from a download or an archive)
+ *                        extracted with its owners into DEST; with DIFFID, a tar of any other content is refused
+ *   unpack-session       several layers unpacked at once from one stdin (unpack-protocol.ts frames); one
+ *                        JSON line per layer as each finishes: {id, result} or {id, error}
  *   remove PATH...       trees with files of subordinate owners (overlay work dirs, layers)
  *   own-by-root DIR      every entry of DIR chowned to 0:0 (layers made by the host user)
  *   export STORE KEY oci|docker-archive PATH TAG UID:GID  the image exported with the owners its layers
@@ -12,12 +17,15 @@
  *                        (runtime/vm/disk-worker.ts), handed to UID:GID
  * Errors go to stderr as one line and exit 1.
  */
-import { lchownSync, lstatSync, lutimesSync, readdirSync, renameSync } from 'node:fs';
+import { existsSync, lchownSync, lstatSync, lutimesSync, readdirSync } from 'node:fs';
+import { once } from 'node:events';
 import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
 import { extractLayer, removeTree } from '../image/extract.js';
 import { exportImage, tarTree } from '../image/export.js';
 import { LayerStore } from '../image/store.js';
 import { vmDiskJob } from '../runtime/vm/disk-worker.js';
+import { FrameType, readFrames, type UnpackJob } from './unpack-protocol.js';
 import type { LayerSnapshot } from './userns.js';
 
 function clampMtimes(path: string, epoch: number): void {
@@ -26,23 +34,68 @@ function clampMtimes(path: string, epoch: number): void {
   if (stat.mtimeMs > epoch * 1000) lutimesSync(path, epoch, epoch);
 }
 
+/**
+ * Serve the unpack jobs framed on stdin (see unpack-protocol.ts) until it closes. The layers are unpacked
+ * concurrently in this one process: creating files is what costs, and it does not go faster in parallel
+ * on one filesystem, but starting one worker per layer (a namespace and a Node each) did cost.
+ */
+async function unpackSession(): Promise<undefined> {
+  const streams = new Map<number, PassThrough>();
+  const finished = new Map<number, Promise<void>>();
+  const answer = (line: object): void => void process.stdout.write(`${JSON.stringify(line)}\n`);
+  const start = (id: number, job: UnpackJob): void => {
+    const stream = job.path === undefined ? new PassThrough() : undefined;
+    if (stream) streams.set(id, stream);
+    const work = extractLayer(job.path ?? stream!, job.dest, { label: job.label, chown: true, ...(job.expectedDiffId ? { expectedDiffId: job.expectedDiffId } : {}) }).then(
+      (result) => answer({ id, result }),
+      (error: unknown) => answer({ id, error: (error instanceof Error ? error.message : String(error)).split('\n')[0] }),
+    );
+    // A job that stopped reading (it failed) must not hold up the frames of the others.
+    finished.set(id, work.finally(() => streams.get(id)?.resume()));
+  };
+  for await (const frame of readFrames(process.stdin)) {
+    const stream = streams.get(frame.id);
+    switch (frame.type) {
+      case FrameType.Start:
+        start(frame.id, JSON.parse(frame.payload.toString('utf8')) as UnpackJob);
+        break;
+      case FrameType.Data:
+        if (stream && !stream.write(frame.payload)) await Promise.race([once(stream, 'drain'), finished.get(frame.id)]);
+        break;
+      case FrameType.End:
+        stream?.end();
+        break;
+      case FrameType.Abort:
+        stream?.destroy(new Error(frame.payload.toString('utf8')));
+        break;
+    }
+  }
+  await Promise.all(finished.values());
+  return undefined;
+}
+
 async function main(argv: string[]): Promise<unknown> {
   const [job, ...args] = argv;
-  if (job === 'snapshot' && (args.length === 2 || args.length === 3)) {
-    const epoch = args[1] === '' ? undefined : Number(args[1]);
+  if (job === 'snapshot' && args.length >= 3) {
+    const [dir, epochArg, layersDir, ...remove] = args as [string, string, string, ...string[]];
+    const epoch = epochArg === '' ? undefined : Number(epochArg);
     // Running as root in the namespace, lstat shows the owners the image means: record them as they are.
-    const tree = await tarTree(args[0]!, { chowned: true, owners: {}, strippedModes: {} }, undefined, { gzip: false, sourceDateEpoch: epoch });
-    const result: LayerSnapshot = { diffId: tree.diffId, size: tree.size, entries: tree.entries, whiteouts: tree.whiteouts, opaqueDirs: tree.opaqueDirs };
+    const tree = await tarTree(dir, { chowned: true, owners: {}, strippedModes: {} }, undefined, { gzip: false, sourceDateEpoch: epoch });
+    // Overlay leaves work/work at mode 000: removeTree opens it up.
+    for (const path of remove) removeTree(path);
+    const existing = existsSync(join(layersDir, tree.diffId.slice('sha256:'.length), 'meta.json'));
+    if (existing) removeTree(dir);
     // The tar clamped mtimes to the epoch; clamp the tree too, so the stored layer re-tars (envy export)
     // to the very diff_id it is recorded under.
-    if (epoch !== undefined) clampMtimes(args[0]!, epoch);
-    // Moving a directory to a new parent rewrites its `..`: only its owner (often the subordinate root) may.
-    if (args[2]) renameSync(args[0]!, args[2]);
+    else if (epoch !== undefined) clampMtimes(dir, epoch);
+    const result: LayerSnapshot = { diffId: tree.diffId, existing, size: tree.size, entries: tree.entries, whiteouts: tree.whiteouts, opaqueDirs: tree.opaqueDirs };
     return result;
   }
-  if (job === 'unpack' && args.length === 3) {
-    return extractLayer(args[0]!, args[1]!, { label: args[2]!, chown: true });
+  if (job === 'unpack' && (args.length === 3 || args.length === 4)) {
+    const source = args[0] === '-' ? process.stdin : args[0]!;
+    return extractLayer(source, args[1]!, { label: args[2]!, chown: true, ...(args[3] ? { expectedDiffId: args[3] } : {}) });
   }
+  if (job === 'unpack-session' && args.length === 0) return unpackSession();
   if (job === 'remove' && args.length > 0) {
     // Overlay leaves work/work at mode 000 and layers may hold read-only dirs: removeTree opens them up.
     for (const path of args) removeTree(path);
@@ -72,11 +125,13 @@ async function main(argv: string[]): Promise<unknown> {
     return result;
   }
   if (job === 'vm-disk') return vmDiskJob(args, { node: process.execPath, worker: process.argv[1]! });
-  throw new Error(`usage: layer-worker snapshot DIR EPOCH [DEST] | unpack TAR DEST LABEL | remove PATH... | own-by-root DIR | export STORE KEY KIND PATH TAG UID:GID (got: ${argv.join(' ')})`);
+  throw new Error(`usage: layer-worker snapshot DIR EPOCH LAYERS [REMOVE...] | unpack TAR|- DEST LABEL [DIFFID] | remove PATH... | own-by-root DIR | export STORE KEY KIND PATH TAG UID:GID (got: ${argv.join(' ')})`);
 }
 
 main(process.argv.slice(2)).then(
-  (result) => process.stdout.write(`${JSON.stringify(result)}\n`),
+  (result) => {
+    if (result !== undefined) process.stdout.write(`${JSON.stringify(result)}\n`);
+  },
   (error: unknown) => {
     const message = error instanceof Error ? error.message : String(error);
     process.stderr.write(`${message.split('\n')[0]}\n`);

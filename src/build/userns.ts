@@ -5,20 +5,24 @@
  * layer worker under `envy-ns userns` with the same keep-id map as the runtime,
  * so an owner means the same thing when a layer is written and when it is run.
  */
+import { once } from 'node:events';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { EnvyError } from '../errors.js';
-import { run } from '../exec.js';
+import { run, runWithInput, startProcess } from '../exec.js';
 import type { ExportResult } from '../image/export.js';
 import type { ExtractResult } from '../image/extract.js';
 import { packageRoot } from '../package-root.js';
 import { ensureHelper } from '../runtime/namespace/helper.js';
 import type { Identity } from '../runtime/types.js';
 import type { VmDiskResult } from '../runtime/vm/disk-worker.js';
+import { encodeFrame, FrameType, type UnpackJob } from './unpack-protocol.js';
 
 /** A directory's identity as a layer: the digest of its deterministic tar (image/export.ts tarTree). */
 export interface LayerSnapshot {
   diffId: string;
+  /** The store already had this layer (in `layersDir`): the snapshotted tree was removed instead of kept. */
+  existing: boolean;
   size: number;
   entries: number;
   whiteouts: string[];
@@ -31,12 +35,11 @@ function workerPath(): string {
   return path;
 }
 
-async function inUserNamespace<T>(identity: Pick<Identity, 'uid' | 'gid'>, args: string[], what: string): Promise<T> {
+async function inUserNamespace<T>(identity: Pick<Identity, 'uid' | 'gid'>, args: string[], what: string, input?: NodeJS.ReadableStream): Promise<T> {
   const helper = ensureHelper();
-  const result = await run(helper, ['userns', '--keep-id', `${identity.uid}:${identity.gid}`, '--', process.execPath, workerPath(), ...args], {
-    errorCode: 'BUILD',
-    hint: `${what} failed inside the user namespace`,
-  });
+  const argv = ['userns', '--keep-id', `${identity.uid}:${identity.gid}`, '--', process.execPath, workerPath(), ...args];
+  const options = { errorCode: 'BUILD' as const, hint: `${what} failed inside the user namespace` };
+  const result = input ? await runWithInput(helper, argv, input, options) : await run(helper, argv, options);
   try {
     return JSON.parse(String(result.stdout).trim().split('\n').pop() ?? '') as T;
   } catch {
@@ -44,14 +47,27 @@ async function inUserNamespace<T>(identity: Pick<Identity, 'uid' | 'gid'>, args:
   }
 }
 
-/** The diff_id of `dir`'s deterministic tar; with `moveTo`, the directory is then moved there. */
-export function snapshotInUserNamespace(identity: Pick<Identity, 'uid' | 'gid'>, dir: string, sourceDateEpoch?: number, moveTo?: string): Promise<LayerSnapshot> {
+/**
+ * The diff_id of `dir`'s deterministic tar, its mtimes then clamped to the epoch; in the same run, the
+ * `remove` trees go, and so does `dir` when `layersDir` already holds a layer with that diff_id.
+ */
+export function snapshotInUserNamespace(
+  identity: Pick<Identity, 'uid' | 'gid'>,
+  dir: string,
+  sourceDateEpoch: number | undefined,
+  options: { layersDir: string; remove: string[] },
+): Promise<LayerSnapshot> {
   const epoch = sourceDateEpoch === undefined ? '' : String(sourceDateEpoch);
-  return inUserNamespace(identity, ['snapshot', dir, epoch, ...(moveTo ? [moveTo] : [])], `snapshot of ${dir}`);
+  return inUserNamespace(identity, ['snapshot', dir, epoch, options.layersDir, ...options.remove], `snapshot of ${dir}`);
 }
 
-export function unpackInUserNamespace(identity: Pick<Identity, 'uid' | 'gid'>, tar: string, dest: string, label: string): Promise<ExtractResult> {
-  return inUserNamespace(identity, ['unpack', tar, dest, label], `unpacking ${label}`);
+/**
+ * Unpack a layer with its owners. A stream (a download, an archive member) is fed to the worker's stdin:
+ * it is unpacked while it arrives, never copied to a file first.
+ */
+export function unpackInUserNamespace(identity: Pick<Identity, 'uid' | 'gid'>, source: string | NodeJS.ReadableStream, dest: string, label: string, expectedDiffId?: string): Promise<ExtractResult> {
+  const args = ['unpack', typeof source === 'string' ? source : '-', dest, label, ...(expectedDiffId ? [expectedDiffId] : [])];
+  return inUserNamespace(identity, args, `unpacking ${label}`, typeof source === 'string' ? undefined : source);
 }
 
 /** Remove trees that hold files of subordinate owners (the host user alone cannot). */
@@ -79,4 +95,92 @@ export function exportInUserNamespace(
 /** The VM root disk, kernel and modules of an image (runtime/vm/disk-worker.ts); `lowers` top first. */
 export function vmDiskInUserNamespace(identity: Pick<Identity, 'uid' | 'gid'>, out: string, lowers: string[]): Promise<VmDiskResult> {
   return inUserNamespace(identity, ['vm-disk', out, `${identity.uid}:${identity.gid}`, ...lowers], `building the VM disk in ${out}`);
+}
+
+/**
+ * One layer worker that unpacks every layer of a pull or an import, as they stream in (frames over its
+ * stdin: unpack-protocol.ts). A worker per layer meant a namespace and a Node start per layer, which
+ * under load cost more than unpacking a small layer. Close it when the base is in the store.
+ */
+export class UnpackSession {
+  private nextId = 1;
+  private readonly waiting = new Map<number, { resolve: (result: ExtractResult) => void; reject: (error: Error) => void }>();
+  private failure: Error | undefined;
+
+  private constructor(private readonly worker: Awaited<ReturnType<typeof startProcess>>) {
+    void this.readAnswers();
+    worker.done.then(
+      () => this.fail(new EnvyError('INTERNAL', 'the layer worker exited with unpacks pending')),
+      (error: unknown) => this.fail(error instanceof Error ? error : new Error(String(error))),
+    );
+  }
+
+  static async start(identity: Pick<Identity, 'uid' | 'gid'>): Promise<UnpackSession> {
+    const worker = await startProcess(ensureHelper(), ['userns', '--keep-id', `${identity.uid}:${identity.gid}`, '--', process.execPath, workerPath(), 'unpack-session'], {
+      errorCode: 'BUILD',
+      hint: 'unpacking failed inside the user namespace',
+    });
+    return new UnpackSession(worker);
+  }
+
+  /** An Unpacker (store.ts) that hands the layer to this session's worker. */
+  readonly unpack = async (source: string | NodeJS.ReadableStream, dest: string, options: { label: string; expectedDiffId?: string }): Promise<ExtractResult> => {
+    if (this.failure) throw this.failure;
+    const id = this.nextId++;
+    const answered = new Promise<ExtractResult>((resolve, reject) => this.waiting.set(id, { resolve, reject }));
+    const job: UnpackJob = { ...(typeof source === 'string' ? { path: source } : {}), dest, label: options.label, ...(options.expectedDiffId ? { expectedDiffId: options.expectedDiffId } : {}) };
+    await this.send(encodeFrame(FrameType.Start, id, Buffer.from(JSON.stringify(job))));
+    if (typeof source === 'string') return answered;
+    let inputError: unknown;
+    try {
+      for await (const chunk of source) {
+        if (this.failure) break;
+        await this.send(encodeFrame(FrameType.Data, id, Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk)));
+      }
+      await this.send(encodeFrame(FrameType.End, id));
+    } catch (error) {
+      inputError = error;
+      await this.send(encodeFrame(FrameType.Abort, id, Buffer.from(error instanceof Error ? error.message : String(error)))).catch(() => undefined);
+    }
+    // Wait for the worker's answer even when the input failed: it is still removing what it wrote.
+    const result = await answered.catch((error: unknown) => {
+      throw inputError ?? error;
+    });
+    if (inputError) throw inputError;
+    return result;
+  };
+
+  /** Let the worker finish what it has and exit. */
+  async close(): Promise<void> {
+    this.worker.stdin.end();
+    await this.worker.done.catch(() => undefined);
+  }
+
+  private async send(frame: Buffer): Promise<void> {
+    if (this.failure) throw this.failure;
+    if (!this.worker.stdin.write(frame)) await once(this.worker.stdin as unknown as NodeJS.EventEmitter, 'drain');
+  }
+
+  private async readAnswers(): Promise<void> {
+    let pending = '';
+    for await (const chunk of this.worker.stdout) {
+      pending += chunk.toString();
+      const lines = pending.split('\n');
+      pending = lines.pop() ?? '';
+      for (const line of lines) {
+        if (!line.trim()) continue;
+        const answer = JSON.parse(line) as { id: number; result?: ExtractResult; error?: string };
+        const waiter = this.waiting.get(answer.id);
+        this.waiting.delete(answer.id);
+        if (answer.result) waiter?.resolve(answer.result);
+        else waiter?.reject(new EnvyError('BUILD', answer.error ?? 'the layer worker failed', { hint: 'unpacking failed inside the user namespace' }));
+      }
+    }
+  }
+
+  private fail(error: Error): void {
+    this.failure ??= error;
+    for (const waiter of this.waiting.values()) waiter.reject(this.failure);
+    this.waiting.clear();
+  }
 }

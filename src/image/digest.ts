@@ -52,3 +52,30 @@ export class HashingStream extends Transform {
     return `sha256:${this.hash.digest('hex')}`;
   }
 }
+
+/**
+ * A pass-through that checks the bytes against `expected` and holds the last chunk back until they match:
+ * a reader (an unpacker) never sees the end of content that fails its digest; it gets `mismatch(actual)`
+ * as the stream's error instead.
+ */
+export class VerifyingStream extends Transform {
+  private readonly hash = createHash('sha256');
+  private held: Buffer | undefined;
+  constructor(
+    private readonly expected: string,
+    private readonly mismatch: (actual: string) => Error,
+  ) {
+    super();
+  }
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    this.hash.update(chunk);
+    const previous = this.held;
+    this.held = chunk;
+    callback(null, previous);
+  }
+  override _flush(callback: TransformCallback): void {
+    const actual = hashToDigest(this.hash);
+    if (actual !== this.expected) return callback(this.mismatch(actual));
+    callback(null, this.held);
+  }
+}

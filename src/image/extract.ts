@@ -16,7 +16,6 @@ import {
   closeSync,
   constants as fsConstants,
   createReadStream,
-  createWriteStream,
   lchownSync,
   linkSync,
   lstatSync,
@@ -35,12 +34,12 @@ import {
   futimesSync,
 } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { Readable } from 'node:stream';
+import { pipeline as pipelineCallback, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import * as tar from 'tar-stream';
 import { EnvyError } from '../errors.js';
-import { run } from '../exec.js';
+import { filterThrough, run } from '../exec.js';
 import { HashingStream } from './digest.js';
 import { sniffCompression, type Compression } from './media-types.js';
 import { tempName } from './temp.js';
@@ -56,8 +55,6 @@ export interface ExtractOptions {
   chown?: boolean;
   /** The layer's known diff_id (from the image config); a different tar is rejected. */
   expectedDiffId?: string;
-  /** Where zstd spill files go (default: next to dest). */
-  scratchDir?: string;
 }
 
 export interface ExtractResult {
@@ -94,11 +91,12 @@ const OPAQUE_MARKER = '.wh..wh..opq';
 
 export async function extractLayer(source: LayerSource, dest: string, options: ExtractOptions): Promise<ExtractResult> {
   const temp = join(dirname(dest), tempName('extract'));
-  const spills: string[] = [];
+  let decompressed: Decompressed | undefined;
   try {
-    const { stream, compression } = await openDecompressed(source, options.scratchDir ?? dirname(dest), spills);
+    decompressed = await openDecompressed(source);
     mkdirSync(temp, { mode: 0o700 });
-    const result = await new LayerWriter(temp, options, compression).write(stream);
+    const result = await new LayerWriter(temp, options, decompressed.compression).write(decompressed.stream);
+    await decompressed.done;
     if (options.expectedDiffId && options.expectedDiffId !== result.diffId) {
       throw new EnvyError('IMAGE', `layer ${options.label}: its content has diff_id ${result.diffId}, but the image config says ${options.expectedDiffId}`, {
         hint: 'the image is corrupt or was tampered with; pull or export it again',
@@ -107,10 +105,11 @@ export async function extractLayer(source: LayerSource, dest: string, options: E
     renameSync(temp, dest);
     return result;
   } catch (error) {
+    // A decompressor still running (we stopped reading early) ends on the closed pipe; wait for it.
+    decompressed?.stream.destroy();
+    await decompressed?.done.catch(() => undefined);
     removeTree(temp);
     throw error;
-  } finally {
-    for (const spill of spills) rmSync(spill, { force: true });
   }
 }
 
@@ -144,34 +143,40 @@ function readdirNames(path: string): string[] {
   }
 }
 
-async function openDecompressed(source: LayerSource, scratchDir: string, spills: string[]): Promise<{ stream: Readable; compression: Compression }> {
-  let path = typeof source === 'string' ? source : undefined;
+interface Decompressed {
+  stream: Readable;
+  compression: Compression;
+  /** Settles when a decompressing program (zstd) exited; rejects when it failed. */
+  done: Promise<void>;
+}
+
+async function openDecompressed(source: LayerSource): Promise<Decompressed> {
   let stream: Readable;
   let head: Buffer;
-  if (path !== undefined) {
-    head = readHead(path, 4);
-    stream = createReadStream(path);
+  if (typeof source === 'string') {
+    head = readHead(source, 4);
+    stream = createReadStream(source);
   } else {
-    ({ head, stream } = await peek(source as Readable, 4));
+    ({ head, stream } = await peek(source, 4));
   }
   const compression = sniffCompression(head);
-  if (compression === 'gzip') return { stream: stream.pipe(createGunzip()), compression };
-  if (compression === 'none') return { stream, compression };
-  // zstd: Node 20 has none; the CLI decompresses file to file (exec.ts runs programs to completion).
-  if (path === undefined) {
-    path = join(scratchDir, `${tempName('zstd')}.zst`);
-    spills.push(path);
-    await pipeline(stream, createWriteStream(path));
-  } else {
-    stream.destroy();
+  if (compression === 'gzip') {
+    // Not pipe(), which does not forward errors: a source that fails (a download whose digest does not
+    // match) must fail the gunzip, not go unhandled. The reader sees the error on the gunzip.
+    return { stream: chain(stream, createGunzip()), compression, done: Promise.resolve() };
   }
-  const tarPath = join(scratchDir, `${tempName('zstd')}.tar`);
-  spills.push(tarPath);
-  await run('zstd', ['-d', '-q', '-f', '-o', tarPath, '--', path], {
+  if (compression === 'none') return { stream, compression, done: Promise.resolve() };
+  // zstd: Node 20 has none; the zstd program decompresses as a stream filter (no spill file).
+  const { output, done } = await filterThrough('zstd', ['-d', '-q', '-c'], stream, {
     errorCode: 'IMAGE',
     hint: 'zstd layers need the zstd program (Debian: apt-get install zstd); a failure here means a corrupt blob',
   });
-  return { stream: createReadStream(tarPath), compression };
+  return { stream: output as Readable, compression, done };
+}
+
+/** `source` piped into `next`, a failure of either destroying both (`next` is what the caller reads). */
+export function chain<T extends NodeJS.ReadWriteStream>(source: NodeJS.ReadableStream, next: T): T {
+  return pipelineCallback(source, next, () => undefined) as unknown as T;
 }
 
 function readHead(path: string, length: number): Buffer {
@@ -416,8 +421,9 @@ class LayerWriter {
         // Symlinks may point anywhere: they are resolved inside the environment's root, never while unpacking.
         symlinkSync(target, abs);
         this.placed.add(rel);
-        if (this.options.chown) lchownSync(abs, uid, gid);
-        else this.noteOwner(rel, uid, gid);
+        if (this.options.chown) {
+          if (!ownedByUs(uid, gid)) lchownSync(abs, uid, gid);
+        } else this.noteOwner(rel, uid, gid);
         lutimesSync(abs, mtime, mtime);
         this.symlinks.add(rel);
         this.linkable.add(rel);
@@ -458,8 +464,9 @@ class LayerWriter {
   }
 
   private applyAttributes(rel: string, abs: string, mode: number, mtime: Date, uid: number, gid: number): void {
-    if (this.options.chown) lchownSync(abs, uid, gid);
-    else this.noteOwner(rel, uid, gid);
+    if (this.options.chown) {
+      if (!ownedByUs(uid, gid)) lchownSync(abs, uid, gid);
+    } else this.noteOwner(rel, uid, gid);
     // chmod after chown: chown clears setuid bits.
     chmodSync(abs, this.finalMode(rel, mode));
     utimesSync(abs, mtime, mtime);
@@ -526,14 +533,27 @@ async function readEntry(entry: TarEntry): Promise<Buffer> {
 
 // The open(2) mode passes through the umask; fchmod only when that changed it.
 const UMASK = process.umask();
+// What a file we create is owned by (root, in the layer worker's user namespace): most of a layer is.
+const OWN_UID = process.getuid?.() ?? -1;
+const OWN_GID = process.getgid?.() ?? -1;
+
+/**
+ * Whether a new entry already has this owner, so chown can be skipped. Parents are made without the
+ * setgid bit (modes are applied last), so a new entry's group is always ours.
+ */
+function ownedByUs(uid: number, gid: number): boolean {
+  return uid === OWN_UID && gid === OWN_GID;
+}
 /** One open, one write, fd-based attributes: a layer is mostly small files, and path lookups add up. */
 function writeSmallFile(abs: string, data: Buffer, mode: number, mtime: Date, owner: { uid: number; gid: number } | undefined): void {
   const fd = openSync(abs, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, mode & 0o777);
   try {
     let offset = 0;
     while (offset < data.length) offset += writeSync(fd, data, offset, data.length - offset);
-    if (owner) fchownSync(fd, owner.uid, owner.gid);
-    if (owner || (mode & ~UMASK & 0o7777) !== mode) fchmodSync(fd, mode);
+    const chown = owner !== undefined && !ownedByUs(owner.uid, owner.gid);
+    if (chown) fchownSync(fd, owner.uid, owner.gid);
+    // chown clears setuid/setgid; open(2) cannot set them, and the umask may have cleared other bits.
+    if (chown || (mode & ~UMASK & 0o777) !== mode) fchmodSync(fd, mode);
     futimesSync(fd, mtime, mtime);
   } finally {
     closeSync(fd);

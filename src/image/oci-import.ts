@@ -4,20 +4,19 @@
  * the blobs/sha256 form of newer docker) or an oci-archive. Every document and
  * layer is checked against its digest before the store trusts it.
  */
-import { closeSync, copyFileSync, createReadStream, createWriteStream, mkdirSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
+import { closeSync, createReadStream, openSync, readFileSync, readSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { createGunzip } from 'node:zlib';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar-stream';
 import { EnvyError } from '../errors.js';
-import { digestHex, sha256, sha256File } from './digest.js';
-import { removeTree } from './extract.js';
+import { digestHex, HashingStream, sha256, VerifyingStream } from './digest.js';
+import { chain } from './extract.js';
 import { manifestKind, sniffCompression } from './media-types.js';
-import { parseImageConfig, type OciImageConfig, type OciIndex, type OciManifest } from './oci.js';
+import { parseImageConfig, type OciDescriptor, type OciImageConfig, type OciIndex, type OciManifest } from './oci.js';
 import { formatPlatform, hostPlatform, selectPlatform } from './registry.js';
 import { imageKeyForDigest, type ImageLayer, type ImageRecord, type LayerStore, type Platform, type Unpacker } from './store.js';
-import { tempName } from './temp.js';
 
 export interface ImportOptions {
   /** Which image when the source holds several: an OCI ref name annotation, or a docker RepoTag. */
@@ -56,24 +55,60 @@ function readJson(path: string, what: string): unknown {
   }
 }
 
-/** Read a blob of a layout and check it is what its digest says. */
-function layoutBlob(layout: string, digest: string, where: string): Buffer {
-  const path = join(layout, 'blobs/sha256', digestHex(digest, `digest in ${where}`));
-  let bytes: Buffer;
-  try {
-    bytes = readFileSync(path);
-  } catch (error) {
-    throw new EnvyError('IMAGE', `${where}: blob ${digest} is missing`, { hint: 'the layout is incomplete', cause: error });
-  }
-  if (sha256(bytes) !== digest) {
-    throw new EnvyError('IMAGE', `${where}: blob ${digest} has digest ${sha256(bytes)}: its content does not match`, { hint: 'the layout is corrupt' });
-  }
+/**
+ * Where a layout's blobs come from: a directory (`blobs/sha256/<hex>` files) or an archive read in one
+ * pass (documents kept in memory, layers already unpacked while the archive was read).
+ */
+interface LayoutBlobs {
+  /** A document (index, manifest, config), checked against its digest. */
+  document(digest: string, where: string): Buffer;
+  /** Make sure the layer with this descriptor and diff_id is in the store. */
+  layer(descriptor: OciDescriptor, diffId: string, where: string, createdBy: string): Promise<void>;
+}
+
+function mismatch(where: string, digest: string, hint: string): (actual: string) => EnvyError {
+  return (actual) => new EnvyError('IMAGE', `${where}: blob ${digest} has digest ${actual}: its content does not match`, { hint });
+}
+
+function checkedDocument(bytes: Buffer | undefined, digest: string, where: string): Buffer {
+  if (!bytes) throw new EnvyError('IMAGE', `${where}: blob ${digest} is missing`, { hint: 'the layout is incomplete' });
+  if (sha256(bytes) !== digest) throw mismatch(where, digest, 'the layout is corrupt')(sha256(bytes));
   return bytes;
 }
 
+function directoryBlobs(layout: string, store: LayerStore, options: ImportOptions): LayoutBlobs {
+  const path = (digest: string, where: string): string => join(layout, 'blobs/sha256', digestHex(digest, `digest in ${where}`));
+  return {
+    document(digest, where) {
+      let bytes: Buffer | undefined;
+      try {
+        bytes = readFileSync(path(digest, where));
+      } catch {
+        bytes = undefined;
+      }
+      return checkedDocument(bytes, digest, where);
+    },
+    async layer(descriptor, diffId, where, createdBy) {
+      const file = path(descriptor.digest, where);
+      if (!isFile(file)) throw new EnvyError('IMAGE', `${where}: blob ${descriptor.digest} is missing`, { hint: 'the layout is incomplete' });
+      // Unpacked straight from the layout, its digest checked on the way (no copy into the store).
+      await store.addLayer(() => chain(createReadStream(file), new VerifyingStream(descriptor.digest, mismatch(where, descriptor.digest, 'the layout is corrupt'))), {
+        label: descriptor.digest,
+        createdBy,
+        expectedDiffId: diffId,
+        unpack: options.unpack,
+        chown: options.chown,
+        removeTree: options.removeTree,
+      });
+    },
+  };
+}
+
 export async function importOciLayout(layout: string, store: LayerStore, options: ImportOptions = {}): Promise<ImportResult> {
-  const where = `OCI layout ${layout}`;
-  const index = readJson(join(layout, 'index.json'), `${where}: index.json`) as OciIndex;
+  return importLayout(layout, `OCI layout ${layout}`, readJson(join(layout, 'index.json'), `OCI layout ${layout}: index.json`) as OciIndex, directoryBlobs(layout, store, options), store, options);
+}
+
+async function importLayout(source: string, where: string, index: OciIndex, blobs: LayoutBlobs, store: LayerStore, options: ImportOptions): Promise<ImportResult> {
   if (!Array.isArray(index.manifests) || index.manifests.length === 0) throw new EnvyError('IMAGE', `${where}: index.json lists no images`);
   let candidates = index.manifests;
   if (options.tag !== undefined) {
@@ -86,45 +121,31 @@ export async function importOciLayout(layout: string, store: LayerStore, options
   const platform = options.platform ?? hostPlatform();
   let descriptor =
     candidates.length === 1 ? candidates[0]! : selectPlatform({ ...index, manifests: candidates }, platform, where);
-  let bytes = layoutBlob(layout, descriptor.digest, where);
+  let bytes = blobs.document(descriptor.digest, where);
   let document = JSON.parse(bytes.toString('utf8')) as unknown;
   if (manifestKind(descriptor.mediaType, document, `${where}: ${descriptor.digest}`) === 'index') {
     descriptor = selectPlatform(document as OciIndex, platform, where);
-    bytes = layoutBlob(layout, descriptor.digest, where);
+    bytes = blobs.document(descriptor.digest, where);
     document = JSON.parse(bytes.toString('utf8')) as unknown;
     if (manifestKind(descriptor.mediaType, document, `${where}: ${descriptor.digest}`) !== 'manifest') {
       throw new EnvyError('IMAGE', `${where}: nested indexes are not supported`);
     }
   }
   const manifest = document as OciManifest;
-  const configBytes = layoutBlob(layout, manifest.config.digest, where);
+  const configBytes = blobs.document(manifest.config.digest, where);
   const parsed = parseImageConfig(JSON.parse(configBytes.toString('utf8')) as OciImageConfig, manifest, where);
   await store.putBlob(descriptor.digest, bytes, where);
   await store.putBlob(manifest.config.digest, configBytes, where);
   const layers: ImageLayer[] = [];
   for (const [i, layer] of manifest.layers.entries()) {
     const diffId = parsed.diffIds[i]!;
-    layers.push({ diffId, blobDigest: layer.digest, mediaType: layer.mediaType, blobSize: layer.size });
-    if (store.hasLayer(diffId)) continue;
-    await store.withBlobLock(layer.digest, async () => {
-      if (store.hasBlob(layer.digest)) return;
-      const temp = store.blobTempPath();
-      copyFileSync(join(layout, 'blobs/sha256', digestHex(layer.digest, `layer digest in ${where}`)), temp);
-      await store.commitBlob(layer.digest, temp, where);
-    });
-    await store.addLayer(store.blobPath(layer.digest), {
-      label: layer.digest,
-      createdBy: `oci-import ${layout}@${descriptor.digest}`,
-      expectedDiffId: diffId,
-      blobDigest: layer.digest,
-      unpack: options.unpack,
-      chown: options.chown,
-      removeTree: options.removeTree,
-    });
+    digestHex(layer.digest, `layer digest in ${where}`);
+    layers.push({ diffId, mediaType: layer.mediaType, blobSize: layer.size });
+    if (!store.hasLayer(diffId)) await blobs.layer(layer, diffId, where, `oci-import ${source}@${descriptor.digest}`);
   }
   const image: ImageRecord = {
     key: imageKeyForDigest(descriptor.digest),
-    source: `oci:${layout}`,
+    source: `oci:${source}`,
     manifestDigest: descriptor.digest,
     configDigest: manifest.config.digest,
     ...(parsed.platform ? { platform: parsed.platform } : {}),
@@ -142,32 +163,84 @@ interface DockerArchiveEntry {
   Layers: string[];
 }
 
-/**
- * Unpack the archive's regular files into a scratch dir inside the store
- * (tar members can only be read in order; the manifest may come last), then
- * import from there. Member names are confined like layer entries.
- */
-async function importArchive(file: string, store: LayerStore, options: ImportOptions): Promise<ImportResult> {
-  const scratch = join(store.root, 'layers', tempName('import'));
-  mkdirSync(scratch, { recursive: true });
-  try {
-    await unpackArchiveFiles(file, scratch);
-    if (isFile(join(scratch, 'manifest.json'))) return await importDockerArchive(file, scratch, store, options);
-    if (isFile(join(scratch, 'index.json'))) {
-      const result = await importOciLayout(scratch, store, options);
-      result.image.source = `oci:${file}`;
-      await store.writeImage(result.image);
-      return result;
-    }
-    throw new EnvyError('IMAGE', `${file} is neither a docker-archive (no manifest.json) nor an oci-archive (no index.json)`, {
-      hint: 'create it with `docker save`, `podman save` or `skopeo copy ... oci-archive:FILE`',
-    });
-  } finally {
-    removeTree(scratch);
-  }
+/** Members up to this size are documents (manifests, configs, tiny layers) and kept in memory. */
+const DOCUMENT_MAX = 1 << 20;
+
+/** A big archive member, unpacked into the store as a layer while the archive was read. */
+interface StreamedLayer {
+  diffId: string;
+  /** sha256 of the member's bytes (the blob digest, for compressed layers). */
+  digest: string;
+  size: number;
 }
 
-async function unpackArchiveFiles(file: string, scratch: string): Promise<void> {
+interface ArchiveContents {
+  documents: Map<string, Buffer>;
+  layers: Map<string, StreamedLayer>;
+}
+
+/**
+ * Read a docker-archive or oci-archive in one pass. Tar members can only be read in order and the
+ * manifest may come last (docker save, envy export), so small members are kept in memory and every big
+ * one, which can only be a layer, is unpacked into the store as it streams by, under the diff_id its
+ * content has; the manifest and config then decide which of them the image is made of and check that
+ * their diff_ids and digests are the ones it names. (The archive used to be copied into the store
+ * first: a full write and two more reads of every layer.)
+ */
+async function importArchive(file: string, store: LayerStore, options: ImportOptions): Promise<ImportResult> {
+  const contents = await readArchive(file, store, options);
+  if (contents.documents.has('manifest.json')) return importDockerArchive(file, contents, store, options);
+  const index = contents.documents.get('index.json');
+  if (index) {
+    const where = `oci-archive ${file}`;
+    let parsed: OciIndex;
+    try {
+      parsed = JSON.parse(index.toString('utf8')) as OciIndex;
+    } catch (error) {
+      throw new EnvyError('IMAGE', `${where}: index.json is not valid JSON`, { cause: error });
+    }
+    return importLayout(file, where, parsed, archiveBlobs(contents, store, options), store, options);
+  }
+  throw new EnvyError('IMAGE', `${file} is neither a docker-archive (no manifest.json) nor an oci-archive (no index.json)`, {
+    hint: 'create it with `docker save`, `podman save` or `skopeo copy ... oci-archive:FILE`',
+  });
+}
+
+function archiveBlobs(contents: ArchiveContents, store: LayerStore, options: ImportOptions): LayoutBlobs {
+  return {
+    document: (digest, where) => checkedDocument(contents.documents.get(`blobs/sha256/${digestHex(digest, `digest in ${where}`)}`), digest, where),
+    layer: (descriptor, diffId, where, createdBy) => archiveLayer(contents, `blobs/sha256/${digestHex(descriptor.digest)}`, descriptor.digest, diffId, where, createdBy, store, options),
+  };
+}
+
+/** The layer an archive member holds: already unpacked (big members), or unpacked now from memory. */
+async function archiveLayer(
+  contents: ArchiveContents,
+  name: string,
+  digest: string | undefined,
+  diffId: string,
+  where: string,
+  createdBy: string,
+  store: LayerStore,
+  options: ImportOptions,
+): Promise<void> {
+  const streamed = contents.layers.get(name);
+  if (streamed) {
+    if (digest && streamed.digest !== digest) throw mismatch(where, digest, 'the archive is corrupt')(streamed.digest);
+    if (streamed.diffId !== diffId) {
+      throw new EnvyError('IMAGE', `${where}: layer ${name} has diff_id ${streamed.diffId}, but the image config says ${diffId}`, {
+        hint: 'the image is corrupt or was tampered with; export it again',
+      });
+    }
+    return;
+  }
+  const bytes = contents.documents.get(name);
+  if (!bytes) throw new EnvyError('IMAGE', `${where}: layer ${name} is missing`, { hint: 'the archive is incomplete' });
+  if (digest && sha256(bytes) !== digest) throw mismatch(where, digest, 'the archive is corrupt')(sha256(bytes));
+  await store.addLayer(() => Readable.from([bytes], { objectMode: false }), { label: `${name} (${digest ?? sha256(bytes)})`, createdBy, expectedDiffId: diffId, unpack: options.unpack, chown: options.chown, removeTree: options.removeTree });
+}
+
+async function readArchive(file: string, store: LayerStore, options: ImportOptions): Promise<ArchiveContents> {
   const head = Buffer.alloc(4);
   const fd = openSync(file, 'r');
   try {
@@ -175,10 +248,11 @@ async function unpackArchiveFiles(file: string, scratch: string): Promise<void> 
   } finally {
     closeSync(fd);
   }
-  const source: Readable = sniffCompression(head) === 'gzip' ? createReadStream(file).pipe(createGunzip()) : createReadStream(file);
+  const source: Readable = sniffCompression(head) === 'gzip' ? chain(createReadStream(file), createGunzip()) : createReadStream(file);
   const extract = tar.extract();
   const feeding = pipeline(source, extract);
   feeding.catch(() => {});
+  const contents: ArchiveContents = { documents: new Map(), layers: new Map() };
   try {
     for await (const entry of extract) {
       const name = entry.header.name;
@@ -190,16 +264,34 @@ async function unpackArchiveFiles(file: string, scratch: string): Promise<void> 
         for await (const chunk of entry) void chunk;
         continue;
       }
-      const target = join(scratch, ...parts);
-      mkdirSync(join(target, '..'), { recursive: true });
-      await pipeline(entry as unknown as Readable, createWriteStream(target));
+      const member = parts.join('/');
+      if ((entry.header.size ?? 0) <= DOCUMENT_MAX) {
+        const chunks: Buffer[] = [];
+        for await (const chunk of entry) chunks.push(chunk as Buffer);
+        contents.documents.set(member, Buffer.concat(chunks));
+        continue;
+      }
+      const hashed = new HashingStream();
+      const passing = pipeline(entry as unknown as Readable, hashed);
+      passing.catch(() => {});
+      const meta = await store.addLayer(hashed, {
+        label: `${member} of ${file}`,
+        createdBy: `archive-import ${file}`,
+        unpack: options.unpack,
+        chown: options.chown,
+        removeTree: options.removeTree,
+      });
+      await passing;
+      contents.layers.set(member, { diffId: meta.diffId, digest: hashed.digest(), size: hashed.size });
     }
     await feeding;
   } catch (error) {
     source.destroy();
+    extract.destroy();
     if (error instanceof EnvyError) throw error;
     throw new EnvyError('IMAGE', `archive ${file} could not be read: ${(error as Error).message}`, { hint: 'the file is not a tar archive, or it is truncated', cause: error });
   }
+  return contents;
 }
 
 function isFile(path: string): boolean {
@@ -216,9 +308,14 @@ function digestInName(name: string): string | undefined {
   return match ? `sha256:${match[1]}` : undefined;
 }
 
-async function importDockerArchive(file: string, scratch: string, store: LayerStore, options: ImportOptions): Promise<ImportResult> {
+async function importDockerArchive(file: string, contents: ArchiveContents, store: LayerStore, options: ImportOptions): Promise<ImportResult> {
   const where = `docker-archive ${file}`;
-  const entries = readJson(join(scratch, 'manifest.json'), `${where}: manifest.json`) as DockerArchiveEntry[];
+  let entries: DockerArchiveEntry[];
+  try {
+    entries = JSON.parse(contents.documents.get('manifest.json')!.toString('utf8')) as DockerArchiveEntry[];
+  } catch (error) {
+    throw new EnvyError('IMAGE', `${where}: manifest.json is not valid JSON`, { hint: 'the archive is not a complete docker-archive', cause: error });
+  }
   if (!Array.isArray(entries) || entries.length === 0) throw new EnvyError('IMAGE', `${where}: manifest.json lists no images`);
   let entry: DockerArchiveEntry | undefined;
   if (options.tag !== undefined) {
@@ -234,9 +331,10 @@ async function importDockerArchive(file: string, scratch: string, store: LayerSt
   const member = (name: string): string => {
     const parts = name.split('/').filter((part) => part !== '' && part !== '.');
     if (name.startsWith('/') || parts.includes('..')) throw new EnvyError('IMAGE', `${where}: manifest.json names "${name}", outside the archive`);
-    return join(scratch, ...parts);
+    return parts.join('/');
   };
-  const configBytes = readFileSync(member(entry.Config));
+  const configBytes = contents.documents.get(member(entry.Config));
+  if (!configBytes) throw new EnvyError('IMAGE', `${where}: the config ${entry.Config} is missing`, { hint: 'the archive is not a complete docker-archive' });
   const configDigest = sha256(configBytes);
   const namedConfig = digestInName(entry.Config);
   if (namedConfig && namedConfig !== configDigest) {
@@ -250,29 +348,8 @@ async function importDockerArchive(file: string, scratch: string, store: LayerSt
   const layers: ImageLayer[] = [];
   for (const [i, name] of entry.Layers.entries()) {
     const diffId = parsed.diffIds[i]!;
-    const path = member(name);
-    const { digest, size } = await sha256File(path);
-    const named = digestInName(name);
-    if (named && named !== digest) {
-      throw new EnvyError('IMAGE', `${where}: layer ${name} has digest ${digest}: its content does not match`, { hint: 'the archive is corrupt' });
-    }
-    layers.push({ diffId, blobDigest: digest, blobSize: size });
-    if (store.hasLayer(diffId)) continue;
-    await store.withBlobLock(digest, async () => {
-      if (store.hasBlob(digest)) return;
-      const temp = store.blobTempPath();
-      copyFileSync(path, temp);
-      await store.commitBlob(digest, temp, where);
-    });
-    await store.addLayer(store.blobPath(digest), {
-      label: `${name} (${digest})`,
-      createdBy: `docker-archive-import ${file}`,
-      expectedDiffId: diffId,
-      blobDigest: digest,
-      unpack: options.unpack,
-      chown: options.chown,
-      removeTree: options.removeTree,
-    });
+    layers.push({ diffId });
+    await archiveLayer(contents, member(name), digestInName(name), diffId, where, `docker-archive-import ${file}`, store, options);
   }
   const image: ImageRecord = {
     key: imageKeyForDigest(configDigest),

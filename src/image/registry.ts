@@ -6,9 +6,9 @@
  * registry's WWW-Authenticate challenge: bearer tokens from the realm
  * (anonymous or with stored credentials) or basic auth.
  */
-import { createWriteStream, existsSync, statSync, truncateSync } from 'node:fs';
-import { Readable, Transform, type TransformCallback } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { createHash } from 'node:crypto';
+import { closeSync, createReadStream, existsSync, openSync, rmSync, statSync, truncateSync, writeSync } from 'node:fs';
+import { Readable } from 'node:stream';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import { EnvyError } from '../errors.js';
 import { debug } from '../exec.js';
@@ -209,84 +209,106 @@ export class RegistryClient {
   }
 }
 
-class Counter extends Transform {
-  constructor(private readonly onBytes: (bytes: number) => void) {
-    super();
-  }
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    this.onBytes(chunk.length);
-    callback(null, chunk);
-  }
-}
+/** A failure to fetch a blob (as opposed to a failure to unpack what arrived): the .partial file is kept for resuming. */
+class DownloadError extends EnvyError {}
 
 /**
- * Download a blob into its .partial file, resuming from what is there with a
- * Range request; retries resume too. Then verify and move it into blobs/.
+ * A blob's bytes as a stream, from byte 0, while they arrive: first what an earlier, interrupted pull left
+ * in `.partial-<hex>`, then the registry's answer to a Range request for the rest. Every byte is appended
+ * to the .partial file too, so a pull killed or cut off resumes there; a connection that drops mid-blob is
+ * retried with Range (backoff, `attempts` in all) without the reader noticing. The last chunk is held back
+ * until the whole blob's digest is checked: whoever reads (the unpacker) never sees the end of a blob that
+ * does not match. On a match the .partial file becomes the blob in blobs/; on a mismatch it is deleted.
  */
-async function downloadBlob(client: RegistryClient, store: LayerStore, descriptor: OciDescriptor, attempts: number, onBytes: (done: number) => void): Promise<void> {
+function blobStream(client: RegistryClient, store: LayerStore, descriptor: OciDescriptor, attempts: number, onBytes: (done: number) => void): Readable {
   const partial = store.partialBlobPath(descriptor.digest);
-  let lastError: unknown;
-  for (let attempt = 0; attempt < attempts; attempt += 1) {
-    if (attempt > 0) await new Promise((resolve) => setTimeout(resolve, Math.min(2000, 100 * 2 ** attempt)));
-    let offset = existsSync(partial) ? statSync(partial).size : 0;
-    if (offset > descriptor.size) {
-      truncateSync(partial, 0);
-      offset = 0;
+  async function* bytes(): AsyncGenerator<Buffer> {
+    const hash = createHash('sha256');
+    let size = 0;
+    let held: Buffer | undefined;
+    const take = (chunk: Buffer): Buffer | undefined => {
+      hash.update(chunk);
+      size += chunk.length;
+      onBytes(size);
+      const previous = held;
+      held = chunk;
+      return previous;
+    };
+    if (existsSync(partial) && statSync(partial).size > descriptor.size) truncateSync(partial, 0);
+    if (existsSync(partial)) {
+      for await (const chunk of createReadStream(partial)) {
+        const ready = take(chunk as Buffer);
+        if (ready) yield ready;
+      }
     }
-    if (offset === descriptor.size && offset > 0) break;
-    let response: Response;
+    const out = openSync(partial, 'a');
     try {
-      ({ response } = await client.blobResponse(descriptor.digest, offset));
-    } catch (error) {
-      if (error instanceof EnvyError && error.code === 'REGISTRY' && /denied/.test(error.message)) throw error;
-      lastError = error;
-      continue;
+      let lastError: unknown;
+      for (let attempt = 0; size < descriptor.size && attempt < attempts; attempt += 1) {
+        if (attempt > 0) await new Promise((resolve) => setTimeout(resolve, Math.min(2000, 100 * 2 ** attempt)));
+        let response: Response;
+        try {
+          ({ response } = await client.blobResponse(descriptor.digest, size));
+        } catch (error) {
+          if (error instanceof EnvyError && error.code === 'REGISTRY' && /denied/.test(error.message)) throw error;
+          lastError = error;
+          continue;
+        }
+        if (response.status === 404) {
+          await response.body?.cancel();
+          throw new DownloadError('REGISTRY', `blob ${descriptor.digest} is missing on ${client.reference.registry} (${client.reference.repository})`, {
+            hint: 'the image was pushed incompletely or deleted; push it again',
+          });
+        }
+        if (!response.ok || !response.body) {
+          await response.body?.cancel();
+          lastError = new Error(`the registry answered ${response.status}`);
+          continue;
+        }
+        // 200 to a Range request: the server ignores ranges; skip what we already have.
+        let skip = response.status === 206 ? 0 : size;
+        try {
+          for await (const raw of Readable.fromWeb(response.body as unknown as WebReadableStream<Uint8Array>)) {
+            let chunk = raw as Buffer;
+            if (skip > 0) {
+              const dropped = Math.min(skip, chunk.length);
+              skip -= dropped;
+              chunk = chunk.subarray(dropped);
+              if (chunk.length === 0) continue;
+            }
+            if (size + chunk.length > descriptor.size) throw new DownloadError('REGISTRY', `blob ${descriptor.digest} from ${client.reference.registry} is longer than the ${descriptor.size} bytes its manifest says`);
+            writeSync(out, chunk);
+            const ready = take(chunk);
+            if (ready) yield ready;
+          }
+        } catch (error) {
+          if (error instanceof DownloadError) throw error;
+          lastError = error;
+          continue;
+        }
+        if (size < descriptor.size) lastError = new Error(`connection closed after ${size} of ${descriptor.size} bytes`);
+      }
+      if (size !== descriptor.size) {
+        const why = lastError instanceof Error ? lastError.message : String(lastError);
+        throw new DownloadError('REGISTRY', `blob ${descriptor.digest} from ${client.reference.registry} failed after ${attempts} attempts: ${why}`, {
+          hint: 'run the pull again: it resumes where it stopped',
+          cause: lastError,
+        });
+      }
+    } finally {
+      closeSync(out);
     }
-    if (response.status === 416) {
-      await response.body?.cancel();
-      truncateSync(partial, 0);
-      continue;
-    }
-    if (response.status === 404) {
-      await response.body?.cancel();
-      throw new EnvyError('REGISTRY', `blob ${descriptor.digest} is missing on ${client.reference.registry} (${client.reference.repository})`, {
-        hint: 'the image was pushed incompletely or deleted; push it again',
+    const actual = `sha256:${hash.digest('hex')}`;
+    if (actual !== descriptor.digest) {
+      rmSync(partial, { force: true });
+      throw new DownloadError('IMAGE', `blob ${descriptor.digest} from ${client.reference.registry}/${client.reference.repository} has digest ${actual}: its content does not match, deleted`, {
+        hint: 'the source is corrupt or was tampered with; try again, and report it to the image publisher if it persists',
       });
     }
-    if (!response.ok || !response.body) {
-      await response.body?.cancel();
-      lastError = new EnvyError('REGISTRY', `registry ${client.reference.registry} answered ${response.status} for blob ${descriptor.digest}`);
-      continue;
-    }
-    // 200 to a Range request: the server ignores ranges; start over.
-    const append = response.status === 206 && offset > 0;
-    if (!append) offset = 0;
-    let done = offset;
-    onBytes(done);
-    try {
-      await pipeline(
-        Readable.fromWeb(response.body as unknown as WebReadableStream<Uint8Array>),
-        new Counter((bytes) => {
-          done += bytes;
-          onBytes(done);
-        }),
-        createWriteStream(partial, { flags: append ? 'a' : 'w' }),
-      );
-    } catch (error) {
-      lastError = error;
-      continue;
-    }
-    if (done >= descriptor.size) break;
-    lastError = new Error(`connection closed after ${done} of ${descriptor.size} bytes`);
+    store.commitVerifiedBlob(descriptor.digest, partial);
+    if (held) yield held;
   }
-  if (!existsSync(partial) || statSync(partial).size !== descriptor.size) {
-    const why = lastError instanceof Error ? lastError.message : String(lastError);
-    throw new EnvyError('REGISTRY', `blob ${descriptor.digest} from ${client.reference.registry} failed after ${attempts} attempts: ${why}`, {
-      hint: 'run the pull again: it resumes where it stopped',
-      cause: lastError,
-    });
-  }
-  await store.commitBlob(descriptor.digest, partial, `${client.reference.registry}/${client.reference.repository}`);
+  return Readable.from(bytes(), { objectMode: false });
 }
 
 /** Run `work` over `items` with at most `limit` in flight; the first failure wins once all settle. */
@@ -350,25 +372,34 @@ export async function pullImage(ref: string | ImageReference, store: LayerStore,
     progress(descriptor, 'cached', descriptor.size);
     return false;
   });
-  // Downloads first, then unpacking: unpacking is mostly synchronous file creation,
-  // which would starve the sockets of downloads still running in this thread.
+  // Each layer streams from the registry straight into its unpacker (a worker process in the build), so
+  // downloads, digest checks and unpacking of different layers overlap and no blob is read twice.
   await forEachLimited(missing, options.concurrency ?? 4, async (descriptor) => {
-    await store.withBlobLock(descriptor.digest, async () => {
-      if (!store.hasBlob(descriptor.digest)) await downloadBlob(client, store, descriptor, options.attempts ?? 4, (done) => progress(descriptor, 'download', done));
-    });
-  });
-  // Two at a time: a zstd layer's decompression (a separate program) overlaps the other's file writes.
-  await forEachLimited(missing, 2, async (descriptor) => {
-    progress(descriptor, 'unpack', descriptor.size);
-    await store.addLayer(store.blobPath(descriptor.digest), {
-      label: descriptor.digest,
-      createdBy: `pull ${reference.registry}/${reference.repository}@${manifestDoc.digest}`,
-      expectedDiffId: layers[manifest.layers.indexOf(descriptor)]!.diffId,
-      blobDigest: descriptor.digest,
-      unpack: options.unpack,
-      chown: options.chown,
-      removeTree: options.removeTree,
-    });
+    let downloading = false;
+    const open = (): Readable => {
+      downloading = true;
+      return blobStream(client, store, descriptor, options.attempts ?? 4, (done) => progress(descriptor, 'download', done));
+    };
+    try {
+      await store.addLayer(
+        // The blob lock guards the .partial file; the layer lock (taken by addLayer) the unpacking.
+        () => (store.hasBlob(descriptor.digest) ? store.blobPath(descriptor.digest) : open()),
+        {
+          label: descriptor.digest,
+          createdBy: `pull ${reference.registry}/${reference.repository}@${manifestDoc.digest}`,
+          expectedDiffId: layers[manifest.layers.indexOf(descriptor)]!.diffId,
+          blobDigest: descriptor.digest,
+          unpack: options.unpack,
+          chown: options.chown,
+          removeTree: options.removeTree,
+          lockBlob: true,
+        },
+      );
+    } catch (error) {
+      // What arrived could not be unpacked (a corrupt stream, an unsafe tar): no use resuming from it.
+      if (downloading && !(error instanceof DownloadError)) rmSync(store.partialBlobPath(descriptor.digest), { force: true });
+      throw error;
+    }
     progress(descriptor, 'done', descriptor.size);
   });
 

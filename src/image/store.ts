@@ -10,14 +10,15 @@
  *
  * Crash safety: every layer is unpacked into layers/.tmp-* and renamed into
  * place only once complete with its meta.json, so a layer dir that exists is
- * whole; JSON documents are written atomically; temp dirs of dead processes
- * are swept on open. Concurrency: a lock per layer/blob serialises the work on
+ * whole; image records and refs are written atomically, after one fsync of the
+ * layer and blob dirs (the durability barrier: docs/images.md); temp dirs of
+ * dead processes are swept on open. Concurrency: a lock per layer/blob serialises the work on
  * one digest (a second puller waits, then finds it done), and one store lock
  * guards image records, refs and gc. Lock files rather than flock(2): Node has
  * no flock, and the lock files carry pid + start time, so a SIGKILLed owner is
  * detected and its lock taken over (src/state/lock.ts).
  */
-import { lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { EnvyError } from '../errors.js';
 import { fsyncDir, writeFileAtomic } from '../state/atomic.js';
@@ -110,6 +111,13 @@ export interface GcResult {
 
 export type Unpacker = (source: LayerSource, dest: string, options: ExtractOptions) => Promise<ExtractResult>;
 
+/**
+ * Where addLayer reads a layer from: a file, a stream, or a function that opens one. The function is
+ * called only once the layer's lock is held and the layer is known to be missing, so a download starts
+ * only when its bytes are needed, and two processes never download the same layer at once.
+ */
+export type LayerInput = LayerSource | (() => LayerSource | Promise<LayerSource>);
+
 export interface AddLayerOptions {
   /** Names the layer in errors. */
   label: string;
@@ -122,6 +130,8 @@ export interface AddLayerOptions {
   chown?: boolean;
   /** How to delete a half-made layer (with `chown`, its files belong to subordinate ids: see GcOptions). */
   removeTree?: (path: string) => Promise<void> | void;
+  /** Also hold the blob's lock while unpacking: the input writes the blob's .partial file (a download). */
+  lockBlob?: boolean;
 }
 
 const KEY = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}$/;
@@ -215,14 +225,18 @@ export class LayerStore {
       });
     }
     renameSync(file, this.blobPath(digest));
-    fsyncDir(join(this.root, 'blobs/sha256'));
+  }
+
+  /** Move a .partial file whose digest the caller has just checked into blobs/ (a streamed download). */
+  commitVerifiedBlob(digest: string, file: string): void {
+    renameSync(file, this.blobPath(digest));
   }
 
   /** Write a small blob (config, manifest) we already hold in memory, verifying its digest. */
   async putBlob(digest: string, data: Uint8Array, where: string): Promise<void> {
     if (this.hasBlob(digest)) return;
     const temp = join(this.root, 'blobs/sha256', tempName('blob'));
-    writeFileAtomic(temp, data);
+    writeFileSync(temp, data);
     await this.commitBlob(digest, temp, where);
   }
 
@@ -257,7 +271,7 @@ export class LayerStore {
    * diff_id a layer already present costs nothing; two processes adding the
    * same layer serialise on its lock and the second finds it done.
    */
-  async addLayer(source: LayerSource, options: AddLayerOptions): Promise<LayerMeta> {
+  async addLayer(input: LayerInput, options: AddLayerOptions): Promise<LayerMeta> {
     if (options.expectedDiffId && this.hasLayer(options.expectedDiffId)) return this.readLayerMeta(options.expectedDiffId);
     const lockKey = options.expectedDiffId ?? options.blobDigest;
     const body = async (): Promise<LayerMeta> => {
@@ -266,11 +280,11 @@ export class LayerStore {
       mkdirSync(temp, { mode: 0o700 });
       try {
         const unpack = options.unpack ?? extractLayer;
+        const source = typeof input === 'function' ? await input() : input;
         const result = await unpack(source, join(temp, 'root'), {
           label: options.label,
           expectedDiffId: options.expectedDiffId,
           chown: options.chown,
-          scratchDir: temp,
         });
         const meta: LayerMeta = {
           diffId: result.diffId,
@@ -287,7 +301,7 @@ export class LayerStore {
           owners: result.owners,
           strippedModes: result.strippedModes,
         };
-        writeFileAtomic(join(temp, 'meta.json'), `${JSON.stringify(meta)}\n`);
+        writeFileSync(join(temp, 'meta.json'), `${JSON.stringify(meta)}\n`);
         if (this.hasLayer(meta.diffId)) {
           // Known only after unpacking (no expected diff_id): someone stored it meanwhile.
           await this.removeTemp(temp, options);
@@ -301,7 +315,6 @@ export class LayerStore {
           await this.removeTemp(temp, options);
           return this.readLayerMeta(meta.diffId);
         }
-        fsyncDir(join(this.root, 'layers/sha256'));
         return meta;
       } catch (error) {
         // The failure is what the user needs to see; a temp dir left behind is swept by the next open.
@@ -309,7 +322,8 @@ export class LayerStore {
         throw error;
       }
     };
-    return lockKey ? this.withLock(`layer-${digestHex(lockKey)}`, `unpack ${options.label}`, body) : body();
+    const locked = options.lockBlob && options.blobDigest ? (): Promise<LayerMeta> => this.withBlobLock(options.blobDigest!, body) : body;
+    return lockKey ? this.withLock(`layer-${digestHex(lockKey)}`, `unpack ${options.label}`, locked) : locked();
   }
 
   /**
@@ -349,14 +363,33 @@ export class LayerStore {
           opaqueDirs: tree.opaqueDirs,
           ...ownership,
         };
-        writeFileAtomic(join(temp, 'meta.json'), `${JSON.stringify(meta)}\n`);
+        writeFileSync(join(temp, 'meta.json'), `${JSON.stringify(meta)}\n`);
         renameSync(temp, this.layerDir(tree.diffId));
-        fsyncDir(join(this.root, 'layers/sha256'));
         return meta;
       } catch (error) {
         await this.removeTemp(temp, {}).catch(() => undefined);
         throw error;
       }
+    });
+  }
+
+  /**
+   * Take a prepared temp dir (`layers/.tmp-*`, holding the layer's tree as `root/`, its diff_id already
+   * computed: a build step's snapshotted upper dir) as a layer: meta.json is written into it and the dir
+   * is renamed into place, under the layer's lock. Identical content already stored wins: the dir is
+   * removed with `removeTree` (its tree may belong to subordinate ids).
+   */
+  async adoptLayerDir(dir: string, meta: Omit<LayerMeta, 'createdAt'>, options: Pick<AddLayerOptions, 'removeTree'> = {}): Promise<LayerMeta> {
+    return this.withLock(`layer-${digestHex(meta.diffId)}`, `commit ${meta.createdBy}`, async () => {
+      if (this.hasLayer(meta.diffId)) {
+        await this.removeTemp(dir, options);
+        return this.readLayerMeta(meta.diffId);
+      }
+      if (!isDirectory(join(dir, 'root'))) throw new EnvyError('INTERNAL', `${dir} has no root/ to commit as layer ${meta.diffId}`);
+      const full: LayerMeta = { ...meta, createdAt: new Date().toISOString() };
+      writeFileSync(join(dir, 'meta.json'), `${JSON.stringify(full)}\n`);
+      renameSync(dir, this.layerDir(meta.diffId));
+      return full;
     });
   }
 
@@ -389,6 +422,12 @@ export class LayerStore {
     for (const layer of record.layers) {
       if (!this.hasLayer(layer.diffId)) throw new EnvyError('INTERNAL', `image ${record.key} names layer ${layer.diffId}, which is not in the store`);
     }
+    // The one durability barrier of a pull, an import or a build step: layers and blobs were committed by
+    // rename alone (atomic, so a SIGKILL never leaves half of one), and the record naming them is
+    // written only once their directory entries are on disk. An fsync per layer, on ext4, waited for all
+    // of the layer's data each time.
+    fsyncDir(join(this.root, 'layers/sha256'));
+    fsyncDir(join(this.root, 'blobs/sha256'));
     await this.withLock('store', `write image ${record.key}`, () => writeFileAtomic(this.imagePath(record.key), `${JSON.stringify(record, null, 2)}\n`));
   }
 

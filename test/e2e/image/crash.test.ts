@@ -5,7 +5,7 @@
  * completes; two processes pulling the same image at once both succeed.
  */
 import { spawn } from 'node:child_process';
-import { mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { mkdtempSync } from 'node:fs';
@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pullImage } from '../../../src/image/registry.js';
 import { LayerStore } from '../../../src/image/store.js';
 import { bundleEntry } from '../../unit/image/bundle.js';
-import { asUserArgv, isRoot, runAsUser, testUser, userTempDir } from '../harness.js';
+import { asUserArgv, envyRoot, isRoot, runAsUser, testUser, userTempDir } from '../harness.js';
 import { execFileSync } from 'node:child_process';
 import { skopeoPush, startRegistry, writeImage, writeIndex, type FixtureImage, type Registry } from './fixtures.js';
 
@@ -22,6 +22,7 @@ let registry: Registry;
 let image: FixtureImage;
 let scratch: { path: string; remove: () => void };
 let driver: string;
+let workerDriver: string;
 const FILES = 6_000;
 
 beforeAll(async () => {
@@ -37,10 +38,14 @@ beforeAll(async () => {
   skopeoPush(layout, 'v1', `${registry.host}/crash:v1`);
   scratch = userTempDir('envy-crash-user-');
   driver = await bundleEntry(resolve(import.meta.dirname, 'pull-driver.ts'), join(scratch.path, 'pull-driver.mjs'));
+  // The --worker mode finds the layer worker and the namespace helper next to itself.
+  workerDriver = await bundleEntry(resolve(import.meta.dirname, 'pull-driver.ts'), join(envyRoot(), 'dist', `.pull-driver-test-${process.pid}.mjs`));
+  execFileSync('chmod', ['a+r', workerDriver]);
   if (isRoot()) execFileSync('chown', ['-R', `${testUser()}:`, scratch.path]);
 });
 
 afterAll(async () => {
+  if (workerDriver) rmSync(workerDriver, { force: true });
   await registry?.stop();
   scratch?.remove();
   if (work) rmSync(work, { recursive: true, force: true });
@@ -125,5 +130,47 @@ describe('store crash safety', () => {
     // And an in-process pull now is all cache.
     const cached = await pullImage(`${registry.host}/crash:v1`, store, { onProgress: (p) => expect(p.phase).toBe('cached') });
     expect(cached.manifestDigest).toBe(image.manifestDigest);
+  });
+
+  it('a pull through the layer worker unpacks with owners; a blob failing its digest leaves nothing behind', async () => {
+    const root = join(scratch.path, 'store-worker');
+    mkdirSync(root);
+    if (isRoot()) execFileSync('chown', [`${testUser()}:`, root]);
+    const ok = await runAsUser(process.execPath, [workerDriver, `${registry.host}/crash:v1`, root, '--worker']);
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(ok.stdout.trim()).toBe(image.manifestDigest);
+    const store = LayerStore.open(root);
+    expect(store.verify()).toEqual([]);
+    expect(readdirSync(join(store.layerRoot(image.diffIds[1]!), 'usr/share/many')).length).toBe(FILES / 500);
+    // Root of the image is the first subordinate id on the host, not the user: owners were applied.
+    const [, subStart] = readFileSync('/etc/subuid', 'utf8').split('\n').find((l) => l.startsWith(`${testUser()}:`))!.split(':');
+    expect(statSync(join(store.layerRoot(image.diffIds[0]!), 'etc/os-release')).uid).toBe(Number(subStart));
+    expect(store.hasBlob(store.readImage(`sha256-${image.manifestDigest.slice(7)}`).layers[1]!.blobDigest!)).toBe(true);
+
+    // The same image from a registry whose big blob was altered: refused by its digest, nothing kept.
+    const own = await startRegistry(join(work, 'registry-corrupt'));
+    try {
+      skopeoPush(join(work, 'layout'), 'v1', `${own.host}/crash:v1`);
+      const victim = image.layerDigests[1]!.slice(7);
+      const data = join(own.storage, 'docker/registry/v2/blobs/sha256', victim.slice(0, 2), victim, 'data');
+      const bytes = readFileSync(data);
+      bytes.writeUInt8(bytes.readUInt8(bytes.length - 100) ^ 0xff, bytes.length - 100);
+      writeFileSync(data, bytes);
+      const fresh = join(scratch.path, 'store-worker-corrupt');
+      mkdirSync(fresh);
+      if (isRoot()) execFileSync('chown', [`${testUser()}:`, fresh]);
+      const bad = await runAsUser(process.execPath, [workerDriver, `${own.host}/crash:v1`, fresh, '--worker']);
+      expect(bad.code).not.toBe(0);
+      expect(bad.stderr).toMatch(new RegExp(`blob sha256:${victim} from .* has digest sha256:[0-9a-f]{64}: its content does not match, deleted`));
+      // The worker removed what it had unpacked before the digest failed: nothing for a sweep to find.
+      expect(tempDirs(fresh)).toEqual([]);
+      const after = LayerStore.open(fresh);
+      expect(after.verify()).toEqual([]);
+      expect(after.hasLayer(image.diffIds[1]!)).toBe(false);
+      expect(existsSync(after.partialBlobPath(`sha256:${victim}`))).toBe(false);
+      expect(after.hasBlob(`sha256:${victim}`)).toBe(false);
+    } finally {
+      await own.stop();
+    }
   });
 });

@@ -187,7 +187,22 @@ describe('extractLayer: malicious layers are rejected whole', () => {
     expect(readdirSync(work)).toEqual([]);
   });
 
-  it('reads a layer from a file path (zstd goes file to file)', async () => {
+  it.each([
+    ['gzip', gzip],
+    ['zstd', zstd],
+    ['none', (t: Buffer) => t],
+  ] as const)('fails with the source stream\'s own error (a download that failed its digest), leaving nothing: %s', async (_name, wrap) => {
+    const blob = wrap(await makeTar(Array.from({ length: 50 }, (_, i) => ({ name: `d/f${i}`, content: 'x'.repeat(5000 + i) }))));
+    async function* failing(): AsyncGenerator<Buffer> {
+      yield blob.subarray(0, Math.floor(blob.length / 2));
+      throw new EnvyError('IMAGE', 'blob sha256:abc has digest sha256:def: its content does not match, deleted');
+    }
+    const error = await extractLayer(Readable.from(failing(), { objectMode: false }), dest(), { label: LABEL }).catch((e: unknown) => e);
+    expect((error as EnvyError).message).toMatch(/its content does not match/);
+    expect(readdirSync(work)).toEqual([]);
+  });
+
+  it('reads a layer from a file path (zstd as a stream filter)', async () => {
     const path = join(work, 'blob');
     writeFileSync(path, zstd(await makeTar([{ name: 'f', content: 'from file' }])));
     const result = await extractLayer(path, dest(), { label: LABEL });

@@ -192,4 +192,35 @@ describe('LayerStore.commitLayerDir', () => {
     expect(existsSync(second)).toBe(false);
     expect(readdirSync(join(root, 'store/layers/sha256'))).toEqual([meta.diffId.slice(7)]);
   });
+
+  it('adopts a prepared layers/.tmp-* dir by rename; identical content already stored wins and the dir goes', async () => {
+    const store = LayerStore.open(join(root, 'store'));
+    const diffId = sha256('a step layer');
+    const prepared = (): string => {
+      const dir = join(root, 'store/layers', tempName('step'));
+      mkdirSync(join(dir, 'root/etc'), { recursive: true });
+      writeFileSync(join(dir, 'root/etc/marker'), 'made by a step');
+      return dir;
+    };
+    const base = { diffId, size: 2048, entries: 2, skippedDevices: 0, whiteouts: [], opaqueDirs: [], chowned: true, owners: {}, strippedModes: {} };
+    const first = prepared();
+    const meta = await store.adoptLayerDir(first, { ...base, createdBy: 'step one' });
+    expect(existsSync(first)).toBe(false);
+    expect(store.hasLayer(diffId)).toBe(true);
+    expect(store.readLayerMeta(diffId)).toEqual(meta);
+    expect(readdirSync(store.layerDir(diffId)).sort()).toEqual(['meta.json', 'root']);
+    expect(store.verify()).toEqual([]);
+    const removed: string[] = [];
+    const second = prepared();
+    const again = await store.adoptLayerDir(second, { ...base, createdBy: 'step two' }, { removeTree: (path) => {
+      removed.push(path);
+      rmSync(path, { recursive: true });
+    } });
+    expect(again.createdBy).toBe('step one');
+    expect(removed).toEqual([second]);
+    expect(readdirSync(join(root, 'store/layers')).filter((n) => n.startsWith('.tmp-'))).toEqual([]);
+    // A record naming the layer is the durability barrier: it goes through.
+    await store.writeImage(image('adopted', [diffId]));
+    expect(store.hasImage('adopted')).toBe(true);
+  });
 });
