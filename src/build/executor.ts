@@ -224,6 +224,7 @@ export class Executor {
       config: { ...parent.config, ...config },
       ...(parent.platform ? { platform: parent.platform } : {}),
       createdAt: new Date().toISOString(),
+      parent: parent.key,
     };
   }
 

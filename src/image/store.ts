@@ -88,6 +88,11 @@ export interface ImageRecord {
   config: ImageConfig;
   createdAt: string;
   /**
+   * The image a build step ran on. gc keeps the ancestors of every image it keeps: the executor walks a
+   * plan from its base, so a kept image whose intermediate records were collected would rebuild all.
+   */
+  parent?: string;
+  /**
    * What the build step that made this image resolved (a packages step's versions by package name, a
    * kernel step's package): a cache hit, in this project or another one sharing the store, puts them
    * in env.lock as a fresh build would.
@@ -474,9 +479,16 @@ export class LayerStore {
       const referenced = this.referenceCounts();
       const liveLayers = new Set<string>();
       const liveBlobs = new Set<string>();
-      for (const image of this.listImages()) {
+      const images = this.listImages();
+      const byKey = new Map(images.map((image) => [image.key, image]));
+      const kept = new Set<string>();
+      for (const image of images) {
+        if (!referenced.has(image.key) && statSync(this.imagePath(image.key)).mtimeMs < cutoff) continue;
+        for (let key: string | undefined = image.key; key !== undefined && !kept.has(key); key = byKey.get(key)?.parent) kept.add(key);
+      }
+      for (const image of images) {
         const path = this.imagePath(image.key);
-        if (!referenced.has(image.key) && statSync(path).mtimeMs < cutoff) {
+        if (!kept.has(image.key)) {
           result.bytesFreed += diskUsage(path);
           rmSync(path);
           result.images.push(image.key);

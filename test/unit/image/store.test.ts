@@ -103,6 +103,23 @@ describe('LayerStore', () => {
     expect(readdirSync(join(root, 'store/layers/sha256'))).toEqual([]);
   });
 
+  it('keeps the ancestors of a kept image: the build steps a later build starts from', async () => {
+    const store = LayerStore.open(join(root, 'store'));
+    const base = await store.addLayer(await layerBlob('base', 'b'.repeat(10_000)), { label: 'b', createdBy: 't' });
+    const step = await store.addLayer(await layerBlob('step', 's'.repeat(10_000)), { label: 's', createdBy: 't' });
+    const stray = await store.addLayer(await layerBlob('stray', 'x'.repeat(10_000)), { label: 'x', createdBy: 't' });
+    await store.writeImage(image('base-step', [base.diffId]));
+    await store.writeImage({ ...image('env-step', [base.diffId]), parent: 'base-step' });
+    await store.writeImage({ ...image('final', [base.diffId, step.diffId]), parent: 'env-step' });
+    await store.writeImage({ ...image('abandoned', [base.diffId, stray.diffId]), parent: 'base-step' });
+    await store.setRefs('env:project', ['final']);
+    age(join(root, 'store'));
+    const result = await store.gc();
+    expect(result.images).toEqual(['abandoned']);
+    expect(result.layers).toEqual([stray.diffId]);
+    expect(store.listImages().map((i) => i.key).sort()).toEqual(['base-step', 'env-step', 'final']);
+  });
+
   it('refuses an image naming a layer it does not hold, and refs to unknown images', async () => {
     const store = LayerStore.open(join(root, 'store'));
     await expect(store.writeImage(image('broken', [sha256('nothing')]))).rejects.toThrow(/names layer sha256:[0-9a-f]{64}, which is not in the store/);
