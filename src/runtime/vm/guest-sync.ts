@@ -14,10 +14,12 @@
  * a root exec gives the port and a copy of the agent binary to the user (init keeps its own copy in
  * root's /run/envy), a user exec starts it in a session of its own, so it outlives that exec.
  */
-import { readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { PassThrough } from 'node:stream';
 import { EnvyError } from '../../errors.js';
+import { writeFileAtomic } from '../../state/atomic.js';
 import type { EnvironmentConfig, Identity } from '../types.js';
 import { AgentClient } from './agent-client.js';
 import { execInVm, runningVmState, vmPaths } from './channel.js';
@@ -51,11 +53,16 @@ export async function connectGuestSync(id: string, identity: Identity, log: (lin
     throw new EnvyError('RUNTIME', `the VM of ${id} runs without envy's guest agent, so its workspace cannot be synced`, { hint: 'build the agent (npm run build) and run envy up again' });
   }
   const socket = vmPaths(id).syncSocket;
-  try {
-    // qemu accepts at once; the agent answers within milliseconds when it runs.
-    return await AgentClient.connect(socket, { timeoutMs: 1500, retryMs: 100 });
-  } catch {
-    log('starting the sync agent in the guest');
+  // qemu accepts at once whether or not the agent runs, so only a connect timing out says it does not.
+  // The marker names the boot the agent was started in: on any other boot, waiting would be for nothing.
+  const marker = join(dirname(socket), 'sync-agent.boot');
+  const boot = `${state.pid}:${state.startTime}`;
+  if (existsSync(marker) && readFileSync(marker, 'utf8') === boot) {
+    try {
+      return await AgentClient.connect(socket, { timeoutMs: 1500, retryMs: 100 });
+    } catch {
+      log('the sync agent in the guest does not answer; starting it again');
+    }
   }
   const owner = `${identity.uid}:${identity.gid}`;
   const prepared = await guestScript(
@@ -82,7 +89,9 @@ export async function connectGuestSync(id: string, identity: Identity, log: (lin
     identity,
   );
   if (started.code !== 0) throw new EnvyError('RUNTIME', `cannot start the sync agent in the VM of ${id} (exit ${started.code}): ${started.output}`);
-  return AgentClient.connect(socket, { timeoutMs: 30_000, retryMs: 100 });
+  const client = await AgentClient.connect(socket, { timeoutMs: 30_000, retryMs: 100 });
+  writeFileAtomic(marker, boot);
+  return client;
 }
 
 /**
