@@ -25,7 +25,7 @@ import { hostArch } from '../config/normalize.js';
 import { formatReference, parseReference } from '../image/reference.js';
 import { EnvyError } from '../errors.js';
 import { canonicalDigest, type Canonical } from './canonical.js';
-import { checkProjectPath, confine, hashFileSync, projectRoot, treeDigest, treeEntries } from './content.js';
+import { checkProjectPath, confine, hashFileCached, hashFileSync, projectRoot, treeDigest, treeEntries } from './content.js';
 import { expandGlob, hasMagic } from './glob.js';
 import { identifyKernel, kernelRelease } from '../config/kernel-file.js';
 import { kernelPackage } from './kernel.js';
@@ -231,7 +231,7 @@ function ociContent(real: string, label: string): { format?: OciFormat; digest: 
     return { format: 'oci-layout', digest: `sha256:${digest}` };
   }
   const format = archiveFormat(real);
-  return { ...(format ? { format } : {}), digest: `sha256:${hashFileSync(real)}` };
+  return { ...(format ? { format } : {}), digest: `sha256:${hashFileCached(real)}` };
 }
 
 const TAR_BLOCK = 512;
