@@ -22,6 +22,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,20 +71,29 @@ static char **string_vector(napi_env env, napi_value array) {
   return vector;
 }
 
+/* The (file, argv, env) every entry point takes first: false (with an exception pending) when malformed. */
+static bool command_args(napi_env env, napi_value *args, const char *what, char file[4096], char ***argv, char ***envp) {
+  size_t length = 0;
+  if (napi_get_value_string_utf8(env, args[0], file, 4096, &length) != napi_ok || length >= 4096 - 1) {
+    char message[128];
+    snprintf(message, sizeof message, "%s: the file must be a string shorter than 4096 bytes", what);
+    throw_error(env, message);
+    return false;
+  }
+  *argv = string_vector(env, args[1]);
+  if (!*argv) return false;
+  *envp = string_vector(env, args[2]);
+  return *envp != NULL;
+}
+
 /* execve(file, argv, envp): returns only by throwing (with strerror) when the exec failed. */
 static napi_value replace_process(napi_env env, napi_callback_info info) {
   size_t argc = 3;
   napi_value args[3];
   if (napi_get_cb_info(env, info, &argc, args, NULL, NULL) != napi_ok || argc != 3) return throw_error(env, "execve(file, argv, env)");
   char file[4096];
-  size_t length = 0;
-  if (napi_get_value_string_utf8(env, args[0], file, sizeof file, &length) != napi_ok || length >= sizeof file - 1) {
-    return throw_error(env, "execve: the file must be a string shorter than 4096 bytes");
-  }
-  char **argv = string_vector(env, args[1]);
-  if (!argv) return NULL;
-  char **envp = string_vector(env, args[2]);
-  if (!envp) return NULL;
+  char **argv, **envp;
+  if (!command_args(env, args, "execve", file, &argv, &envp)) return NULL;
   /* What uv_spawn gives a child: Node ignores SIGPIPE (an ignored signal stays ignored across
    * execve) and the calling thread may have signals blocked (the mask is inherited too). A signal
    * arriving meanwhile gets its default action, which is what its sender asked of envy anyway. */
@@ -193,14 +203,8 @@ static napi_value spawn_waiting(napi_env env, napi_callback_info info) {
   napi_value args[4];
   if (napi_get_cb_info(env, info, &argc, args, NULL, NULL) != napi_ok || argc != 4) return throw_error(env, "spawn(file, argv, env, done)");
   char file[4096];
-  size_t length = 0;
-  if (napi_get_value_string_utf8(env, args[0], file, sizeof file, &length) != napi_ok || length >= sizeof file - 1) {
-    return throw_error(env, "spawn: the file must be a string shorter than 4096 bytes");
-  }
-  char **argv = string_vector(env, args[1]);
-  if (!argv) return NULL;
-  char **envp = string_vector(env, args[2]);
-  if (!envp) return NULL;
+  char **argv, **envp;
+  if (!command_args(env, args, "spawn", file, &argv, &envp)) return NULL;
   int pipe_fds[2];
   if (pipe2(pipe_fds, O_CLOEXEC) < 0) return throw_error(env, "spawn: pipe failed");
   fcntl(pipe_fds[0], F_SETFL, O_NONBLOCK);
