@@ -4,6 +4,9 @@ export default defineConfig({
   test: {
     // Runs once before every project: the CLI and e2e tests exercise the built binary.
     globalSetup: ['test/build-once.ts'],
+    // Stopping the worker that ran the templates suite (several GB of builds) once took over the 10 s
+    // default on a loaded 2-core CI machine, which only warns; give it headroom.
+    teardownTimeout: 60_000,
     projects: [
       {
         test: {
