@@ -17,7 +17,8 @@
  *   is removed, said once in the console log, and the boot starts over and saves a new one.
  */
 import { randomBytes, createHash } from 'node:crypto';
-import { existsSync, mkdirSync, realpathSync, renameSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync } from 'node:fs';
+import { release } from 'node:os';
 import { connect, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { EnvyError } from '../../errors.js';
@@ -76,10 +77,29 @@ export function bootStateKey(plan: QemuPlan, parts: { qemu: string; initramfs: B
     existsSync(QBOOT) ? fileStamp(QBOOT) : 'no qboot',
     createHash('sha256').update(parts.initramfs).digest('hex'),
     String(parts.diskSize),
+    plan.accel === 'kvm' ? hostCpu() : 'emulated cpu',
   ]) {
     hash.update(part).update('\0');
   }
   return hash.digest('hex');
+}
+
+/**
+ * Under KVM the guest runs on the host's CPU (`-cpu host`) and the host kernel's KVM: a state saved on
+ * another CPU model or host kernel must not be resumed. TCG emulates a fixed model.
+ */
+function hostCpu(): string {
+  let cpu = '';
+  try {
+    const first = readFileSync('/proc/cpuinfo', 'utf8').split('\n\n')[0] ?? '';
+    cpu = first
+      .split('\n')
+      .filter((line) => /^(vendor_id|cpu family|model|model name|stepping|microcode|flags)\s*:/.test(line))
+      .join('\n');
+  } catch {
+    // no /proc: the host kernel's release still counts
+  }
+  return `${release()}\n${cpu}`;
 }
 
 export function bootStatePath(image: VmImage, key: string): string {
