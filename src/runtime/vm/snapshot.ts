@@ -17,7 +17,7 @@
  *   is removed, said once in the console log, and the boot starts over and saves a new one.
  */
 import { randomBytes, createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync } from 'node:fs';
 import { release } from 'node:os';
 import { connect, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
@@ -270,6 +270,7 @@ export class BootGate {
 export async function saveBootState(qmp: Qmp, path: string, alive: () => boolean, timeoutMs: number): Promise<number> {
   const started = Date.now();
   mkdirSync(dirname(path), { recursive: true });
+  removeStaleTemps(dirname(path));
   const temp = `${path}.tmp-${process.pid}`;
   await qmp.command('stop');
   try {
@@ -291,6 +292,20 @@ export async function saveBootState(qmp: Qmp, path: string, alive: () => boolean
     await qmp.command('cont');
   }
   return Date.now() - started;
+}
+
+/** Half-written states of saves that were killed (an envy interrupted mid-save kills its qemu). */
+function removeStaleTemps(dir: string): void {
+  for (const name of readdirSync(dir)) {
+    const pid = /\.tmp-(\d+)$/.exec(name)?.[1];
+    if (!pid) continue;
+    try {
+      process.kill(Number(pid), 0);
+      continue; // that envy is still saving
+    } catch {
+      rmSync(join(dir, name), { force: true });
+    }
+  }
 }
 
 /** Wait until a qemu started with `-incoming` has loaded the saved machine, and run it. */
