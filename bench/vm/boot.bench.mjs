@@ -52,19 +52,21 @@ try {
     const resume = i % 2 === 1;
     sh(envy('down'));
     const t = process.hrtime.bigint();
+    const wall = Date.now();
     sh(envy('exec -- true', resume ? '' : 'ENVY_VM_SNAPSHOT=0'));
-    (resume ? samples : kernelSamples).push(Number(process.hrtime.bigint() - t) / 1e6);
+    const total = Number(process.hrtime.bigint() - t) / 1e6;
+    (resume ? samples : kernelSamples).push(total);
     const consoleLog = readFileSync(join(envDir(), 'logs/vm-console.log'), 'utf8');
     const init = [...consoleLog.matchAll(/(\d+) modules loaded and \S+ mounted in (\d+) ms \(the kernel took (\d+) ms/g)].at(-1);
     const agentAt = [...consoleLog.matchAll(/, (\d+) ms after the kernel started/g)].at(-1);
     const state = JSON.parse(readFileSync(join(envDir(), 'run/vm.json'), 'utf8'));
-    phases.push({ kernelToInit: Number(init?.[3]), modules: Number(init?.[2]), kernelToAgent: Number(agentAt?.[1]), ...state.bootMs, bootState: state.bootState });
+    phases.push({ kernelToInit: Number(init?.[3]), modules: Number(init?.[2]), kernelToAgent: Number(agentAt?.[1]), ...state.bootMs, bootState: state.bootState, total, spawnAt: Date.parse(state.startedAt) - wall });
   }
   console.log('boot phases (ms; kernel* from the guest clock, the rest from spawning qemu):');
   for (const p of phases) {
     // A resumed boot (saved boot state, runtime/vm/snapshot.ts) did not boot the kernel: its kernel* marks are the saving boot's.
     const how = p.bootState ? `${p.bootState.use}${p.bootState.ms === undefined ? '' : ` in ${p.bootState.ms} ms`}` : 'no saved state';
-    console.log(`  [${how}] kernel->init ${p.kernelToInit}, modules+root ${p.modules}, kernel->agent ${p.kernelToAgent} | qemu spawn->agent answered ${p.answered}, ->workspace copied ${p.copied}, ->ready ${p.ready}`);
+    console.log(`  [${how}] first exec ${Math.round(p.total)} (qemu spawned at +${p.spawnAt}, ready at +${p.spawnAt + p.ready}) | kernel->init ${p.kernelToInit}, modules+root ${p.modules}, kernel->agent ${p.kernelToAgent} | qemu spawn->agent answered ${p.answered}, ->workspace copied ${p.copied}, ->ready ${p.ready}`);
   }
   console.log(`load average after the boots: ${load()}`);
   const summary = (name, list) => {
