@@ -14,6 +14,9 @@
  *   agent-port envy.1             more ports for the agent (one per concurrent host connection)
  *   hostname NAME                 (ENVY_HOSTNAME=NAME on the kernel command line wins)
  *   net 10.0.2.15/24 10.0.2.2     eth0's address and gateway (qemu user networking)
+ *   boot-port envy-boot           stop at the boot gate (boot_gate below) once the modules are
+ *                                 loaded, before the root disk is mounted: the host may save the
+ *                                 machine there and later boots resume from that saved state
  *
  * Without an agent in the initramfs it runs a fallback: the command given on the kernel
  * command line after `--` (as init's argv), or else /bin/sh reading the agent port, each
@@ -38,6 +41,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <linux/random.h>
+#include <poll.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/socket.h>
@@ -231,6 +236,77 @@ static void setup_network(const char *cidr, const char *gateway) {
   close(sock);
 }
 
+/*
+ * The boot gate: where a VM's saved machine state is taken and resumed (docs/vm.md, "Saved boot
+ * state"). Everything before this point is the same for every environment of a configuration
+ * (kernel, initramfs, modules, device probe), nothing has read the root disk's contents beyond the
+ * kernel's probe, and nothing has drawn on the random pool for something that must differ per boot.
+ * init tells the host `ready` on the port and waits for `go NS SEED HOSTNAME HOW`; the host may save
+ * the machine in between (the guest, blocked in read(), sees nothing). A resumed copy of that machine
+ * wakes up in the same read() on another qemu and gets its own go. What differs per boot is set
+ * from it: the wall clock (a resumed guest's clock reads the time of the save), the random pool
+ * (reseeded from the host, or every resumed copy would draw the same numbers), the hostname, and
+ * the root disk's cached blocks (the probe read another environment's disk).
+ * Returns the milliseconds waited, so the boot's own figures can leave them out.
+ */
+static long boot_gate(const char *port_name, const char *root, char *hostname, size_t hostname_size) {
+  long entered = now_ms();
+  char port[300];
+  if (!find_port(port_name, port, sizeof port, 5000)) die("no virtio-serial port named %s", port_name);
+  int fd = open(port, O_RDWR | O_NOCTTY | O_CLOEXEC);
+  if (fd < 0) die("open %s: %s", port, strerror(errno));
+  /* The port reports POLLHUP until the host is connected: a `ready` written before would be lost. */
+  for (;;) {
+    struct pollfd p = {fd, POLLOUT, 0};
+    if (poll(&p, 1, 100) > 0 && !(p.revents & POLLHUP) && (p.revents & POLLOUT)) break;
+    sleep_ms(5);
+  }
+  if (write(fd, "ready\n", 6) != 6) die("write %s: %s", port, strerror(errno));
+  char line[512];
+  size_t used = 0;
+  for (;;) {
+    ssize_t n = read(fd, line + used, sizeof line - 1 - used);
+    if (n < 0 && errno != EINTR) die("read %s: %s", port, strerror(errno));
+    /* 0: the host went away (a resumed machine sees the saving host leave); the next one writes go. */
+    if (n <= 0) {
+      sleep_ms(5);
+      continue;
+    }
+    used += n;
+    line[used] = 0;
+    if (strchr(line, '\n') || used == sizeof line - 1) break;
+  }
+  close(fd);
+  long long ns = 0;
+  char seed_hex[129] = "", name[65] = "", how[16] = "";
+  if (sscanf(line, "go %lld %128s %64s %15s", &ns, seed_hex, name, how) != 4) die("boot gate: unexpected message from the host: %.80s", line);
+  struct timespec wall = {ns / 1000000000LL, ns % 1000000000LL};
+  if (clock_settime(CLOCK_REALTIME, &wall) != 0) say("warning: setting the clock: %s", strerror(errno));
+  struct {
+    int entropy_count;
+    int buf_size;
+    unsigned char buf[64];
+  } entropy = {0, 0, {0}};
+  for (size_t i = 0; i + 1 < sizeof seed_hex && seed_hex[i] && seed_hex[i + 1] && entropy.buf_size < (int)sizeof entropy.buf; i += 2) {
+    unsigned int byte;
+    if (sscanf(seed_hex + i, "%2x", &byte) != 1) break;
+    entropy.buf[entropy.buf_size++] = (unsigned char)byte;
+  }
+  entropy.entropy_count = entropy.buf_size * 8;
+  int pool = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+  /* Mixing in alone would not change what the kernel's generator hands out until its next periodic
+   * reseed: RNDRESEEDCRNG makes it draw from the pool now. */
+  if (pool < 0 || ioctl(pool, RNDADDENTROPY, &entropy) != 0 || ioctl(pool, RNDRESEEDCRNG) != 0) die("reseeding the random pool: %s", strerror(errno));
+  close(pool);
+  if (strcmp(name, "-") != 0) snprintf(hostname, hostname_size, "%s", name);
+  int disk = open(root, O_RDONLY | O_CLOEXEC);
+  if (disk < 0 || ioctl(disk, BLKFLSBUF, 0) != 0) die("dropping %s's cached blocks: %s", root, strerror(errno));
+  close(disk);
+  long waited = now_ms() - entered;
+  say("boot gate passed (%s) after %ld ms", how, waited);
+  return waited;
+}
+
 static void stop_everything(void) {
   kill(-1, SIGTERM);
   long deadline = now_ms() + 3000;
@@ -272,7 +348,7 @@ int main(int argc, char **argv) {
 
   static char agent_ports[MAX_AGENT_PORTS][64];
   int agent_port_count = 0;
-  char root[128] = "/dev/vda", agent[256] = "", port_name[64] = "envy.0", hostname[65] = "", net_addr[64] = "", net_gw[64] = "";
+  char root[128] = "/dev/vda", boot_port[64] = "", agent[256] = "", port_name[64] = "envy.0", hostname[65] = "", net_addr[64] = "", net_gw[64] = "";
   char *modules[MAX_MODULES];
   int module_count = 0;
   FILE *conf = fopen(CONF, "r");
@@ -290,6 +366,7 @@ int main(int argc, char **argv) {
     else if (strcmp(line, "agent-port") == 0 && agent_port_count < MAX_AGENT_PORTS) snprintf(agent_ports[agent_port_count++], 64, "%s", value);
     else if (strcmp(line, "hostname") == 0) snprintf(hostname, sizeof hostname, "%s", value);
     else if (strcmp(line, "net") == 0) sscanf(value, "%63s %63s", net_addr, net_gw);
+    else if (strcmp(line, "boot-port") == 0) snprintf(boot_port, sizeof boot_port, "%s", value);
   }
   fclose(conf);
 
@@ -301,9 +378,10 @@ int main(int argc, char **argv) {
   long started = now_ms();
   for (int i = 0; i < module_count; i++) load_module(modules[i]);
   if (!wait_path(root, WAIT_DEVICE_MS)) die("the root disk %s did not appear within %d ms", root, WAIT_DEVICE_MS);
+  long gated = boot_port[0] ? boot_gate(boot_port, root, hostname, sizeof hostname) : 0;
   must_mount(root, NEWROOT, "ext4", 0, NULL);
   /* CLOCK_MONOTONIC counts from the kernel's start: `started` is the kernel's own share of the boot. */
-  say("%d modules loaded and %s mounted in %ld ms (the kernel took %ld ms to start init)", module_count, root, now_ms() - started, started);
+  say("%d modules loaded and %s mounted in %ld ms (the kernel took %ld ms to start init)", module_count, root, now_ms() - started - gated, started);
 
   /* The new root's pseudo filesystems; /dev moves along so device nodes stay. */
   soft_mount("proc", NEWROOT "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);

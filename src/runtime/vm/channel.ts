@@ -35,6 +35,8 @@ export interface VmState {
   channel: 'agent' | 'shell';
   /** Milliseconds from spawning qemu: the agent answered, the workspace was copied, provisioning done (bench/vm). */
   bootMs?: { answered: number; copied: number; ready: number };
+  /** Whether this boot resumed a saved boot state, saved one, or booted without (snapshot.ts), and what that took in ms. */
+  bootState?: { use: 'restored' | 'saved' | 'off'; ms?: number };
 }
 
 /**
@@ -58,6 +60,8 @@ export interface VmPaths {
   agentSocket: string;
   /** qemu's end of the sync agent's port (envy-sync). */
   syncSocket: string;
+  /** qemu's end of envy-init's boot gate (envy-boot, snapshot.ts). */
+  bootSocket: string;
   qmpSocket: string;
   qemuPid: string;
   qemuLog: string;
@@ -79,6 +83,7 @@ export function vmPaths(id: string): VmPaths {
     initrd: join(env.run, 'initramfs.cpio'),
     agentSocket: join(env.run, 'agent.sock'),
     syncSocket: join(env.run, 'sync.sock'),
+    bootSocket: join(env.run, 'boot.sock'),
     qmpSocket: join(env.run, 'qmp.sock'),
     qemuPid: join(env.run, 'qemu.pid'),
     qemuLog: join(env.logs, 'qemu.log'),

@@ -57,6 +57,8 @@ export interface InitConfig {
   hostname?: string;
   /** eth0's address/prefix and gateway (qemu user networking: 10.0.2.15/24 via 10.0.2.2). */
   net?: { address: string; gateway: string };
+  /** The virtio-serial port of the boot gate, where the machine may be saved and resumed (snapshot.ts). */
+  bootPort?: string;
 }
 
 export const AGENT_PORT_NAME = 'envy.0';
@@ -80,6 +82,7 @@ export function buildInitramfs(config: InitConfig): Buffer {
   }
   if (config.hostname) conf.push(`hostname ${config.hostname}`);
   if (config.net) conf.push(`net ${config.net.address} ${config.net.gateway}`);
+  if (config.bootPort) conf.push(`boot-port ${config.bootPort}`);
   entries.push({ path: 'envy/init.conf', data: Buffer.from(`${conf.join('\n')}\n`), mode: 0o644 });
   return cpio(entries);
 }

@@ -70,6 +70,21 @@ export interface QemuPlan {
   syncSocket?: string;
   /** Host directories shared with virtio-9p (shares.ts). */
   shares?: NinepShare[];
+  /** The boot gate's port, `envy-boot` (snapshot.ts): the machine may be saved or resumed there. */
+  bootSocket?: string;
+}
+
+/** The virtio-serial port of envy-init's boot gate. */
+export const BOOT_PORT_NAME = 'envy-boot';
+
+/**
+ * The boot gate's port. With it, the hostname goes to the guest through the gate, not on the kernel
+ * command line: the saved machine (kernel command line included) is shared by every environment of a
+ * configuration.
+ */
+function bootGateArgs(plan: Pick<QemuPlan, 'bootSocket'>): string[] {
+  if (!plan.bootSocket) return [];
+  return ['-chardev', `socket,id=boot0,path=${plan.bootSocket},server=on,wait=off`, '-device', `virtserialport,chardev=boot0,name=${BOOT_PORT_NAME}`];
 }
 
 export function qemuBinary(arch: Arch): string {
@@ -88,10 +103,11 @@ const FAST_BOOT: Record<Arch, string[]> = {
 };
 
 /** The kernel's command line: the serial console, panic → exit, boot shortcuts, and settings for envy-init. */
-export function kernelCommandLine(plan: Pick<QemuPlan, 'arch' | 'hostname'>): string {
+export function kernelCommandLine(plan: Pick<QemuPlan, 'arch' | 'hostname' | 'bootSocket'>): string {
   const console = plan.arch === 'aarch64' ? 'ttyAMA0' : 'ttyS0';
   // ENVY_HOSTNAME reaches init as an environment variable (the kernel passes on NAME=VALUE words it does not know).
-  return [`console=${console}`, 'panic=-1', 'quiet', 'loglevel=4', ...FAST_BOOT[plan.arch], `ENVY_HOSTNAME=${plan.hostname.replace(/[^A-Za-z0-9.-]/g, '-').slice(0, 63)}`].join(' ');
+  const hostname = plan.bootSocket ? [] : [`ENVY_HOSTNAME=${plan.hostname.replace(/[^A-Za-z0-9.-]/g, '-').slice(0, 63)}`];
+  return [`console=${console}`, 'panic=-1', 'quiet', 'loglevel=4', ...FAST_BOOT[plan.arch], ...hostname].join(' ');
 }
 
 /**
@@ -155,6 +171,7 @@ export function qemuArgs(plan: QemuPlan): string[] {
     ]),
     ...(plan.syncSocket ? ['-chardev', `socket,id=sync0,path=${plan.syncSocket},server=on,wait=off`, '-device', `virtserialport,chardev=sync0,name=${SYNC_PORT_NAME}`] : []),
     ...ninepQemuArgs(plan.shares ?? []),
+    ...bootGateArgs(plan),
     ...(plan.network ? ['-netdev', `user,id=net0${forwards}`, '-device', 'virtio-net-pci,netdev=net0'] : []),
     '-qmp',
     `unix:${plan.qmpSocket},server=on,wait=off`,

@@ -28,7 +28,8 @@ import { ShellChannel } from './shell-channel.js';
 import { buildInitramfs } from './initramfs.js';
 import { withoutNetModules } from './kernel.js';
 import { prepareVmImage, type VmImage } from './image.js';
-import { chooseAccel, kvmBrokenMarker, qemuArgs, qemuBinary, type Accel } from './qemu.js';
+import { BOOT_PORT_NAME, chooseAccel, kvmBrokenMarker, qemuArgs, qemuBinary, type Accel, type QemuPlan } from './qemu.js';
+import { BootGate, bootStateKey, bootStatePath, bootStateSupported, incomingArgs, Qmp, saveBootState, waitResumed, type BootStateUse } from './snapshot.js';
 import { ninepModules, ninepShares, shareSetupLines } from './shares.js';
 import { requireProgram } from './tools.js';
 
@@ -153,9 +154,8 @@ export class VmRuntime implements Runtime {
       const image = await prepareVmImage(boot.image, boot.store, boot.identity, boot.arch, (text) => this.message(text));
       await this.prepareDisk(config.id, image);
       const binaries = guestBinaries(boot.arch);
-      writeFileSync(
-        paths.initrd,
-        buildInitramfs({
+      const savable = bootStateSupported({ arch: boot.arch, shares: ninepShares(config) }).ok;
+      const initramfs = buildInitramfs({
           init: binaries.init,
           ...(binaries.agent ? { agent: binaries.agent, agentPorts: AGENT_PORTS } : {}),
           // Each module costs tens of ms under TCG: no network card, no virtio_net.
@@ -165,12 +165,13 @@ export class VmRuntime implements Runtime {
           ],
           // qemu user networking's fixed addresses; `network: none` gets no network card at all.
           ...(config.network === 'none' ? {} : { net: { address: '10.0.2.15/24', gateway: '10.0.2.2' } }),
-        }),
-      );
+          ...(savable ? { bootPort: BOOT_PORT_NAME } : {}),
+      });
+      writeFileSync(paths.initrd, initramfs);
       let choice = chooseAccel(boot.arch);
       this.explainAccel(choice.accel, choice.reason);
       try {
-        return await this.bootOnce(config, boot, image, choice.accel, binaries.agent ? 'agent' : 'shell');
+        return await this.bootSaved(config, boot, image, choice.accel, binaries.agent ? 'agent' : 'shell', savable ? initramfs : undefined);
       } catch (error) {
         if (choice.accel !== 'kvm' || !(error instanceof BootFailure)) throw error;
         // KVM opened but the guest died: remember it, say so once, and use TCG.
@@ -178,7 +179,7 @@ export class VmRuntime implements Runtime {
         writeFileAtomic(kvmBrokenMarker(), `${error.summary}\n`);
         choice = { accel: 'tcg', reason: `a KVM boot failed (${error.summary})` };
         this.explainAccel(choice.accel, choice.reason);
-        return await this.bootOnce(config, boot, image, 'tcg', binaries.agent ? 'agent' : 'shell');
+        return await this.bootSaved(config, boot, image, 'tcg', binaries.agent ? 'agent' : 'shell', savable ? initramfs : undefined);
       }
     } finally {
       lock.release();
@@ -220,17 +221,32 @@ export class VmRuntime implements Runtime {
     writeFileAtomic(paths.diskMeta, `${JSON.stringify({ imageKey: image.key, backing: image.rootfs })}\n`);
   }
 
-  private async bootOnce(config: EnvironmentConfig, boot: VmBoot, image: VmImage, accel: Accel, channel: VmState['channel']): Promise<RuntimeStatus> {
+  /**
+   * Boot from the saved boot state of this machine configuration when there is one, else boot the
+   * kernel and save it at envy-init's gate (snapshot.ts). A state that does not load is removed, said
+   * in the console log, and the boot starts over. `initramfs` undefined: no gate, a plain boot.
+   */
+  private async bootSaved(config: EnvironmentConfig, boot: VmBoot, image: VmImage, accel: Accel, channel: VmState['channel'], initramfs: Buffer | undefined): Promise<RuntimeStatus> {
+    if (!initramfs) return this.bootOnce(config, boot, image, accel, channel);
+    const plan = this.qemuPlan(config, boot, image, accel, channel, true);
+    const path = bootStatePath(image, bootStateKey(plan, { qemu: requireProgram(qemuBinary(boot.arch)), initramfs, diskSize: image.diskSize }));
+    if (existsSync(path)) {
+      try {
+        return await this.bootOnce(config, boot, image, accel, channel, { mode: 'restore', path });
+      } catch (error) {
+        if (!(error instanceof ResumeFailure)) throw error;
+        rmSync(path, { force: true });
+        writeFileSync(vmPaths(config.id).serialLog, `--- envy: the saved boot state ${path} did not resume (${error.summary}): removed; booting the kernel and saving it again ---\n`, { flag: 'a' });
+      }
+    }
+    return this.bootOnce(config, boot, image, accel, channel, { mode: 'save', path });
+  }
+
+  /** qemu's settings for this boot; `gate`: with envy-init's boot gate port. */
+  private qemuPlan(config: EnvironmentConfig, boot: VmBoot, image: VmImage, accel: Accel, channel: VmState['channel'], gate: boolean): QemuPlan {
     const paths = vmPaths(config.id);
     const ports = channel === 'agent' ? AGENT_PORTS : 1;
-    const agentSockets = Array.from({ length: ports }, (_, index) => agentSocketAt(paths.agentSocket, index));
-    for (const path of [...agentSockets, paths.syncSocket, paths.qmpSocket, paths.qemuPid, paths.state]) rmSync(path, { force: true });
-    if ([paths.qmpSocket, paths.syncSocket, ...agentSockets].some((socket) => Buffer.byteLength(socket) > MAX_SOCKET_PATH)) {
-      throw new EnvyError('HOST', `the VM's socket path ${paths.agentSocket} is longer than a unix socket allows (${MAX_SOCKET_PATH} bytes)`, {
-        hint: 'use a shorter environment name, or point ENVY_HOME at a shorter directory',
-      });
-    }
-    const args = qemuArgs({
+    return {
       arch: boot.arch,
       accel,
       kernel: image.kernel,
@@ -239,7 +255,7 @@ export class VmRuntime implements Runtime {
       memory: boot.memory,
       cpus: boot.cpus,
       hostname: config.hostname,
-      agentSockets,
+      agentSockets: Array.from({ length: ports }, (_, index) => agentSocketAt(paths.agentSocket, index)),
       qmpSocket: paths.qmpSocket,
       serialLog: paths.serialLog,
       pidFile: paths.qemuPid,
@@ -247,8 +263,92 @@ export class VmRuntime implements Runtime {
       network: config.network !== 'none',
       syncSocket: paths.syncSocket,
       shares: ninepShares(config),
-    });
-    writeFileSync(paths.serialLog, `--- envy: boot at ${new Date().toISOString()} (${accel}) ---\n`, { flag: 'a' });
+      ...(gate ? { bootSocket: paths.bootSocket } : {}),
+    };
+  }
+
+  /**
+   * envy-init's boot gate, host side. A fresh boot: wait for `ready`, save the machine, say `go`. A
+   * resumed one: wait until qemu has loaded the saved state and runs it, say `go`. Returns the gate's
+   * connection (closed once the agent answers: closing at once could drop `go` unread) and what
+   * happened. A fresh boot that dies before the gate returns quietly: waitReady() tells why.
+   */
+  private async passGate(config: EnvironmentConfig, gate: { mode: 'restore' | 'save'; path: string }, qemuAlive: () => boolean): Promise<{ connection?: BootGate; use: BootStateUse; ms?: number }> {
+    const paths = vmPaths(config.id);
+    const started = Date.now();
+    let connection: BootGate;
+    try {
+      connection = await BootGate.connect(paths.bootSocket, 30_000, qemuAlive);
+    } catch (error) {
+      if (gate.mode === 'restore') throw new ResumeFailure(this.qemuSummary(config.id, error));
+      return { use: 'off' };
+    }
+    try {
+      if (gate.mode === 'restore') {
+        let qmp: Qmp | undefined;
+        try {
+          qmp = await Qmp.connect(paths.qmpSocket, 30_000, qemuAlive);
+          await waitResumed(qmp, qemuAlive, 120_000);
+        } catch (error) {
+          throw new ResumeFailure(this.qemuSummary(config.id, error));
+        } finally {
+          qmp?.close();
+        }
+        connection.go(config.hostname, 'restored');
+        return { connection, use: 'restored', ms: Date.now() - started };
+      }
+      try {
+        await connection.ready(BOOT_TIMEOUT_MS.tcg, qemuAlive);
+      } catch {
+        return { connection, use: 'off' };
+      }
+      let use: BootStateUse = 'off';
+      let ms: number | undefined;
+      let qmp: Qmp | undefined;
+      try {
+        qmp = await Qmp.connect(paths.qmpSocket, 30_000, qemuAlive);
+        ms = await saveBootState(qmp, gate.path, qemuAlive, 120_000);
+        use = 'saved';
+      } catch (error) {
+        // The boot goes on without a saved state; the next one tries again.
+        writeFileSync(paths.serialLog, `--- envy: could not save the boot state: ${(error as Error).message} ---\n`, { flag: 'a' });
+      } finally {
+        qmp?.close();
+      }
+      connection.go(config.hostname, use);
+      return { connection, use, ...(ms === undefined ? {} : { ms }) };
+    } catch (error) {
+      connection.close();
+      throw error;
+    }
+  }
+
+  /** qemu's last words (or the error's), for a boot state that did not resume. */
+  private qemuSummary(id: string, error: unknown): string {
+    const qemu = tail(vmPaths(id).qemuLog).filter((line) => line.trim());
+    return qemu.at(-1) ?? (error instanceof Error ? error.message : String(error));
+  }
+
+  private async bootOnce(
+    config: EnvironmentConfig,
+    boot: VmBoot,
+    image: VmImage,
+    accel: Accel,
+    channel: VmState['channel'],
+    gate?: { mode: 'restore' | 'save'; path: string },
+  ): Promise<RuntimeStatus> {
+    const paths = vmPaths(config.id);
+    const ports = channel === 'agent' ? AGENT_PORTS : 1;
+    const agentSockets = Array.from({ length: ports }, (_, index) => agentSocketAt(paths.agentSocket, index));
+    for (const path of [...agentSockets, paths.syncSocket, paths.bootSocket, paths.qmpSocket, paths.qemuPid, paths.state]) rmSync(path, { force: true });
+    if ([paths.qmpSocket, paths.syncSocket, paths.bootSocket, ...agentSockets].some((socket) => Buffer.byteLength(socket) > MAX_SOCKET_PATH)) {
+      throw new EnvyError('HOST', `the VM's socket path ${paths.agentSocket} is longer than a unix socket allows (${MAX_SOCKET_PATH} bytes)`, {
+        hint: 'use a shorter environment name, or point ENVY_HOME at a shorter directory',
+      });
+    }
+    const args = [...qemuArgs(this.qemuPlan(config, boot, image, accel, channel, gate !== undefined)), ...(gate?.mode === 'restore' ? incomingArgs(gate.path) : [])];
+    const how = gate?.mode === 'restore' ? `, resuming ${gate.path}` : '';
+    writeFileSync(paths.serialLog, `--- envy: boot at ${new Date().toISOString()} (${accel}${how}) ---\n`, { flag: 'a' });
     const log = openSync(paths.qemuLog, 'w');
     const started = Date.now();
     const child = spawn(requireProgram(qemuBinary(boot.arch)), args, { detached: true, stdio: ['ignore', log, log] });
@@ -281,10 +381,16 @@ export class VmRuntime implements Runtime {
     };
     process.once('SIGINT', abort);
     process.once('SIGTERM', abort);
+    let gated: Awaited<ReturnType<VmRuntime['passGate']>> | undefined;
     try {
+      // A KVM that fails stops the guest but leaves qemu running: that counts as dead here too.
+      const qemuAlive = (): boolean => alive(pid, state.startTime) && !(accel === 'kvm' && tail(paths.qemuLog).some((l) => KVM_FAILURE.test(l)));
+      if (gate) gated = await this.passGate(config, gate, qemuAlive);
+      if (gated) state.bootState = { use: gated.use, ...(gated.ms === undefined ? {} : { ms: gated.ms }) };
       // The knock goes to the last port, so the first exec's connection to envy.0 never follows a
       // disconnect the guest may not have seen yet.
       await this.waitReady(config.id, pid, state.startTime, accel, channel, agentSockets.at(-1)!);
+      gated?.connection?.close();
       const answered = Date.now() - started;
       // Copy first: the one provisioning exec then also hands the copies to the env user (an exec
       // under TCG costs a few hundred ms).
@@ -303,6 +409,7 @@ export class VmRuntime implements Runtime {
       rmSync(paths.state, { force: true });
       throw error;
     } finally {
+      gated?.connection?.close();
       process.removeListener('SIGINT', abort);
       process.removeListener('SIGTERM', abort);
     }
@@ -520,7 +627,7 @@ export class VmRuntime implements Runtime {
       if (alive(state.pid, state.startTime)) throw new EnvyError('RUNTIME', `VM ${config.id} (qemu pid ${state.pid}) did not die after SIGKILL`);
     }
     const sockets = Array.from({ length: state?.agentPorts ?? 1 }, (_, index) => agentSocketAt(paths.agentSocket, index));
-    for (const path of [paths.state, ...sockets, paths.qmpSocket, paths.qemuPid]) rmSync(path, { force: true });
+    for (const path of [paths.state, ...sockets, paths.bootSocket, paths.qmpSocket, paths.qemuPid]) rmSync(path, { force: true });
   }
 
   async status(config: EnvironmentConfig): Promise<RuntimeStatus> {
@@ -540,6 +647,13 @@ export class VmRuntime implements Runtime {
   private runningState(id: string): VmState | undefined {
     const state = readState(id);
     return state && state.ready && alive(state.pid, state.startTime) ? state : undefined;
+  }
+}
+
+/** A saved boot state that qemu could not load: the caller removes it and boots the kernel. */
+class ResumeFailure extends EnvyError {
+  constructor(readonly summary: string) {
+    super('RUNTIME', `the saved boot state did not resume: ${summary}`);
   }
 }
 

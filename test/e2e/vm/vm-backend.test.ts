@@ -182,7 +182,8 @@ describe('backend: vm (x86_64 guest under qemu)', () => {
 
     // SIGKILL envy while the VM boots: the next look at the environment kills the orphan.
     const argv = [join(envyRoot(), 'bin/envy.js'), 'up'];
-    const pending = collect('sh', ['-c', `exec "$@"`, 'sh', ...asUserArgv({ ENVY_HOME: home.path, CI: 'true' }), process.execPath, ...argv], { cwd: project.path }, undefined, 180_000);
+    // Booting the kernel, not resuming the saved boot state: a resumed boot can be ready before the kill.
+    const pending = collect('sh', ['-c', `exec "$@"`, 'sh', ...asUserArgv({ ENVY_HOME: home.path, CI: 'true', ENVY_VM_SNAPSHOT: '0' }), process.execPath, ...argv], { cwd: project.path }, undefined, 180_000);
     const stateFile = join(home.path, 'environments');
     let qemuPid: number | undefined;
     for (let i = 0; i < 600 && qemuPid === undefined; i++) {
