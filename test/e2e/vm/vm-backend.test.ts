@@ -9,7 +9,7 @@ import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFi
 import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { asUserArgv, collect, envy, envyRoot, runAsUser, userTempDir, type RunResult } from '../harness.js';
+import { asUserArgv, collect, envy, envyRoot, runAsUser, userTempDir, waitFor, type RunResult } from '../harness.js';
 
 let project: { path: string; remove: () => void };
 /** The host loopback port forwarded to the guest's 8080 (`ports`), free when the test starts. */
@@ -38,11 +38,25 @@ interface StatusRow {
   state: string;
   pid?: number;
   vm?: { arch: string; kernel: string; accel: string };
+  supervisor?: string;
+  services?: { name: string; state: string; restarts: number; guestPid?: number; pid?: number }[];
 }
 
 async function status(): Promise<StatusRow | undefined> {
   const rows = JSON.parse(ok(await run(['status', '--json'])).stdout) as { environments: StatusRow[] };
   return rows.environments.find((r) => r.name === 'vmt');
+}
+
+/** One connection to the forwarded port: what the guest sent before closing ('' when nothing answered). */
+function fetchForwarded(): Promise<string> {
+  return new Promise((resolve) => {
+    let text = '';
+    const socket = connect(forwarded, '127.0.0.1');
+    socket.setTimeout(5000, () => socket.destroy());
+    socket.on('data', (chunk: Buffer) => (text += chunk.toString()));
+    socket.on('error', () => resolve(text));
+    socket.on('close', () => resolve(text));
+  });
 }
 
 describe('backend: vm (x86_64 guest under qemu)', () => {
@@ -171,6 +185,99 @@ describe('backend: vm (x86_64 guest under qemu)', () => {
     expect(a!.stdout).toContain('a:typed-a');
     expect(b!.stdout).toContain('b:typed-b');
     ok(await run(['exec', '--root', '--', 'rm', '-f', '/tmp/gate', '/tmp/open-a', '/tmp/open-b']));
+  });
+
+  test('services in the guest: up starts them, ports reach them, status and logs show them, a killed one restarts, down stops them', async () => {
+    const specWithout = readFileSync(join(project.path, 'env.yaml'), 'utf8');
+    // perl-base is in every Debian image: a server that answers every connection with its pid.
+    writeFileSync(
+      join(project.path, 'server.pl'),
+      'use IO::Socket::INET; $| = 1;\n$s = IO::Socket::INET->new(LocalAddr => "0.0.0.0", LocalPort => 8080, Listen => 5, ReuseAddr => 1) or die "listen: $!";\nprint "listening as $$\\n";\nwhile ($c = $s->accept) { print $c "hello from $ENV{GREETING} pid $$\\n"; close $c }\n',
+    );
+    writeFileSync(
+      join(project.path, 'env.yaml'),
+      specWithout +
+        [
+          'services:',
+          '  web:',
+          '    run: echo "uid=$(id -u) cwd=$(pwd) greeting=$GREETING"; exec perl server.pl',
+          '    env: {GREETING: envy}',
+          '    restart: always',
+          '    stopGrace: 3s',
+          `    ready: {run: "bash -c 'exec 3<>/dev/tcp/127.0.0.1/8080'", interval: 200ms, timeout: 60s}`,
+          '  tick:',
+          '    run: while true; do echo tick; sleep 1; done',
+          '',
+        ].join('\n'),
+    );
+    const vmPid = (await status())!.pid!;
+    // The server reaches /workspace through the live sync.
+    ok(await run(['sync', '--flush']));
+    const started = ok(await run(['up']));
+    // Only services changed: the VM kept running, the services started in it.
+    expect(started.stdout).toContain('services changed: web (new), tick (new); the rest keep running');
+    expect(started.stdout).toMatch(/services: web ready, tick running/);
+    let row = (await status())!;
+    expect(row.pid).toBe(vmPid);
+    expect(row.supervisor).toBe('running');
+    const web = () => row.services!.find((s) => s.name === 'web')!;
+    expect(web()).toMatchObject({ state: 'ready', restarts: 0 });
+    expect(web().pid).toBeUndefined();
+    const first = web().guestPid!;
+    expect(first).toBeGreaterThan(1);
+    // `up` has exited: the service still answers through `ports`, from the process status names.
+    expect(await fetchForwarded()).toBe(`hello from envy pid ${first}\n`);
+    const uid = execFileSync('stat', ['-c', '%u', project.path]).toString().trim();
+    const log = ok(await run(['logs', 'web'])).stdout;
+    expect(log).toContain(`uid=${uid} cwd=/workspace greeting=envy\n`);
+    expect(log).toContain(`listening as ${first}\n`);
+    expect(log).toMatch(/\[envy\] ready \(bash -c/);
+    expect(ok(await run(['logs'])).stdout).toMatch(/^tick \| tick$/m);
+    expect(ok(await run(['status'])).stdout).toMatch(/services: web ready, tick running/);
+
+    // Killed in the guest: restarted (restart: always), ready again under a new pid.
+    ok(await run(['exec', '--root', '--', 'sh', '-c', `kill -KILL ${first}`]));
+    await waitFor('web restarted and ready', async () => {
+      row = (await status())!;
+      return web().restarts === 1 && web().state === 'ready' && web().guestPid !== first;
+    }, 90_000);
+    const second = web().guestPid!;
+    expect(await fetchForwarded()).toBe(`hello from envy pid ${second}\n`);
+    expect(ok(await run(['logs', 'web'])).stdout).toMatch(/\[envy\] exited with code 137; restarting in 500 ms \(restart: always\)/);
+
+    // A SIGKILLed supervisor takes its services with it (the agent ends what its connection
+    // started); `up` starts a new one and the services again.
+    const runDir = execFileSync('sh', ['-c', `ls -d ${join(home.path, 'environments')}/vmt-*/run`]).toString().trim();
+    const supervisorPid = Number((JSON.parse(readFileSync(join(runDir, 'supervisor.lock'), 'utf8')) as { pid: number }).pid);
+    process.kill(supervisorPid, 'SIGKILL');
+    await waitFor('the supervisor to die', () => !alive(supervisorPid));
+    await waitFor('the guest to end the service', async () => (await run(['exec', '--', 'sh', '-c', `kill -0 ${second}`])).code !== 0, 30_000);
+    row = (await status())!;
+    expect(row.supervisor).toBe('stopped');
+    expect(web().state).toBe('stopped');
+    const again = ok(await run(['up']));
+    expect(again.stdout).toContain('the service supervisor was not running: services restarted');
+    row = (await status())!;
+    expect(row.pid).toBe(vmPid);
+    expect(web().state).toBe('ready');
+    const third = web().guestPid!;
+    expect(await fetchForwarded()).toBe(`hello from envy pid ${third}\n`);
+
+    // down: services stop in reverse file order, with SIGTERM, then the VM.
+    const newSupervisor = Number((JSON.parse(readFileSync(join(runDir, 'supervisor.lock'), 'utf8')) as { pid: number }).pid);
+    ok(await run(['down']));
+    expect(alive(newSupervisor)).toBe(false);
+    expect(alive(vmPid)).toBe(false);
+    const combined = ok(await run(['logs'])).stdout;
+    const tail = combined.slice(combined.lastIndexOf('web | [envy] ready'));
+    expect(tail.indexOf('tick | [envy] stopping')).toBeGreaterThan(-1);
+    expect(tail.indexOf('tick | [envy] stopping')).toBeLessThan(tail.indexOf('web | [envy] stopping'));
+    expect(tail).toContain('web | [envy] stopped (exit code 143)');
+    row = (await status())!;
+    expect(row.state).toBe('stopped');
+    expect(row.services!.map((s) => s.state)).toEqual(['stopped', 'stopped']);
+    expect(await fetchForwarded()).toBe('');
+    writeFileSync(join(project.path, 'env.yaml'), specWithout);
   });
 
   test('down keeps the disk, up resumes it; killing envy mid-boot leaves no qemu behind', async () => {
