@@ -15,6 +15,8 @@ let project: { path: string; remove: () => void };
 /** The host loopback port forwarded to the guest's 8080 (`ports`), free when the test starts. */
 let forwarded: number;
 let home: { path: string; remove: () => void };
+/** The directory env.yaml binds at /data. */
+let data: { path: string; remove: () => void };
 
 const run = (args: string[], options: { timeoutMs?: number; input?: string } = {}): Promise<RunResult> =>
   envy(args, { cwd: project.path, env: { ENVY_HOME: home.path, CI: 'true' }, timeoutMs: options.timeoutMs ?? 180_000, ...(options.input !== undefined ? { input: options.input } : {}) });
@@ -69,11 +71,31 @@ describe('backend: vm (x86_64 guest under qemu)', () => {
         probe.close(() => resolve(port));
       });
     });
+    // A bind source outside the project, so the workspace sync does not carry it too.
+    data = userTempDir('envy-vm-data-');
+    writeFileSync(join(data.path, 'seed.txt'), 'seeded on the host\n');
     writeFileSync(
       join(project.path, 'env.yaml'),
-      ['name: vmt', 'base:', '  debian: bookworm', 'backend:', '  type: vm', '  memory: 1g', '  cpus: 2', 'hooks:', '  onCreate: echo created > /var/tmp/hook', 'ports:', `  - "${forwarded}:8080"`, ''].join('\n'),
+      [
+        'name: vmt',
+        'base:',
+        '  debian: bookworm',
+        'backend:',
+        '  type: vm',
+        '  memory: 1g',
+        '  cpus: 2',
+        'hooks:',
+        '  onCreate: echo created > /var/tmp/hook',
+        'ports:',
+        `  - "${forwarded}:8080"`,
+        'mounts:',
+        '  - {volume: cache, target: /cache}',
+        `  - {bind: ${data.path}, target: /data}`,
+        '',
+      ].join('\n'),
     );
     writeFileSync(join(project.path, 'hello.txt'), 'from the host\n');
+
     // Bootstrap (~1.5 min), the kernel package (~70 MB), the disk, the first boot.
     ok(await run(['up'], { timeoutMs: 600_000 }));
   }, 620_000);
@@ -82,6 +104,7 @@ describe('backend: vm (x86_64 guest under qemu)', () => {
     await run(['down', '--rm']).catch(() => undefined);
     await runAsUser(join(envyRoot(), 'dist/envy-ns'), ['userns', '--', 'rm', '-rf', home.path]).catch(() => undefined);
     home.remove();
+    data.remove();
     project.remove();
   });
 
@@ -124,19 +147,10 @@ describe('backend: vm (x86_64 guest under qemu)', () => {
   test('ports: a server in the guest is reached from the host on 127.0.0.1 only', async () => {
     // perl-base is in every Debian image; the server answers one connection and exits 0.
     const server = run(['exec', '--', 'perl', '-MIO::Socket::INET', '-e', '$s = IO::Socket::INET->new(LocalAddr => "0.0.0.0", LocalPort => 8080, Listen => 1, ReuseAddr => 1) or die "listen: $!"; $c = $s->accept; print $c "hello from the guest\\n"; close $c']);
-    const fetch = (): Promise<string> =>
-      new Promise((resolve) => {
-        let text = '';
-        const socket = connect(forwarded, '127.0.0.1');
-        socket.setTimeout(5000, () => socket.destroy());
-        socket.on('data', (chunk: Buffer) => (text += chunk.toString()));
-        socket.on('error', () => resolve(text));
-        socket.on('close', () => resolve(text));
-      });
     // qemu accepts on the host side at once and drops the connection until the guest listens.
     let answer = '';
     for (let i = 0; i < 240 && !answer.includes('hello'); i++) {
-      answer = await fetch();
+      answer = await fetchForwarded();
       if (!answer.includes('hello')) await new Promise((resolve) => setTimeout(resolve, 250));
     }
     expect(answer).toBe('hello from the guest\n');
@@ -185,6 +199,25 @@ describe('backend: vm (x86_64 guest under qemu)', () => {
     expect(a!.stdout).toContain('a:typed-a');
     expect(b!.stdout).toContain('b:typed-b');
     ok(await run(['exec', '--root', '--', 'rm', '-f', '/tmp/gate', '/tmp/open-a', '/tmp/open-b']));
+  });
+
+  test('volumes and binds from env.yaml are kept live in the guest both ways, like the workspace', async () => {
+    const uid = execFileSync('stat', ['-c', '%u', project.path]).toString().trim();
+    expect(ok(await run(['exec', '--', 'cat', '/data/seed.txt'])).stdout).toBe('seeded on the host\n');
+    expect(ok(await run(['exec', '--', 'stat', '-c', '%u', '/data', '/cache'])).stdout.trim().split('\n')).toEqual([uid, uid]);
+    // A host edit arrives with no command run.
+    writeFileSync(join(data.path, 'seed.txt'), 'edited on the host\n');
+    await waitFor('the host edit in the guest', async () => (await run(['exec', '--', 'cat', '/data/seed.txt'])).stdout === 'edited on the host\n', 30_000);
+    // Files written in the guest come back: to the bind's source, and to the volume's directory on
+    // the host, so the volume outlives a fresh disk (a new image) as a namespace volume does.
+    ok(await run(['exec', '--', 'sh', '-c', 'echo from the guest > /data/made-in-guest; echo cached > /cache/made-in-guest']));
+    const volume = execFileSync('sh', ['-c', `ls -d ${join(home.path, 'environments')}/vmt-*/volumes/cache`]).toString().trim();
+    await waitFor('the guest files on the host', () => existsSync(join(data.path, 'made-in-guest')) && existsSync(join(volume, 'made-in-guest')), 30_000);
+    expect(readFileSync(join(data.path, 'made-in-guest'), 'utf8')).toBe('from the guest\n');
+    expect(readFileSync(join(volume, 'made-in-guest'), 'utf8')).toBe('cached\n');
+    ok(await run(['exec', '--', 'rm', '/data/made-in-guest']));
+    ok(await run(['sync', '--flush']));
+    await waitFor('the guest deletion on the host', () => !existsSync(join(data.path, 'made-in-guest')), 30_000);
   });
 
   test('services in the guest: up starts them, ports reach them, status and logs show them, a killed one restarts, down stops them', async () => {
