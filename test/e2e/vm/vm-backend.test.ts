@@ -5,7 +5,7 @@
  * image's kernel, not the host's.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
@@ -344,6 +344,13 @@ describe('backend: vm (x86_64 guest under qemu)', () => {
     expect(ok(await run(['exec', '--', 'cat', '/workspace/hello.txt'])).stdout).toBe('edited while down\n');
     // onCreate ran once: the disk kept the environment across boots.
     expect(ok(await run(['exec', '--', 'cat', '/var/tmp/hook'])).stdout).toBe('created\n');
+    // A fresh disk (as after a new image): the guest's own state is gone, the volume's files come
+    // back from its host directory (written there by the guest in the volumes test).
+    ok(await run(['down']));
+    rmSync(join(execFileSync('sh', ['-c', `ls -d ${stateFile}/vmt-*/vm`]).toString().trim(), 'disk.qcow2'));
+    ok(await run(['up']));
+    expect((await run(['exec', '--', 'test', '-e', '/var/tmp/state'])).code).toBe(1);
+    expect(ok(await run(['exec', '--', 'cat', '/cache/made-in-guest'])).stdout).toBe('cached\n');
     const last = (await status())!.pid!;
     ok(await run(['down', '--rm']));
     expect(alive(last)).toBe(false);
