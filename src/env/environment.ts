@@ -71,17 +71,20 @@ export function environmentConfig(id: string, spec: EnvSpec, projectDir: string,
     const workspaceSource = spec.workspace.sync === 'watch' ? workspaceSyncPaths(id).copy : projectDir;
     mounts.push({ type: 'bind', source: workspaceSource, target: spec.workspace.path });
   }
+  // A VM whose workspace is synced keeps the other host directories live the same way (one sync
+  // process for all); a file bind, or any bind beside a 9p workspace, is copied in at boot instead.
+  const vmSync = (source: string): { vm?: 'sync' } => (spec.backend.type === 'vm' && spec.workspace.sync !== '9p' && statSync(source).isDirectory() ? { vm: 'sync' } : {});
   for (const mount of spec.mounts) {
     if (mount.type === 'volume') {
       const source = join(paths.volumes, mount.name);
       mkdirSync(source, { recursive: true });
-      mounts.push({ type: 'bind', source, target: mount.target, readonly: mount.readonly });
+      mounts.push({ type: 'bind', source, target: mount.target, readonly: mount.readonly, ...vmSync(source) });
     } else if (mount.type === 'bind') {
       const source = resolveBindSource(mount.source, projectDir, homedir());
       if (!existsSync(source)) {
         throw new EnvyError('CONFIG_INVALID', `mounts: the bind source ${source} (for ${mount.target}) does not exist`, { hint: 'create it, or fix the path in env.yaml' });
       }
-      mounts.push({ type: 'bind', source, target: mount.target, readonly: mount.readonly });
+      mounts.push({ type: 'bind', source, target: mount.target, readonly: mount.readonly, ...vmSync(source) });
     } else {
       mounts.push({ type: 'tmpfs', target: mount.target, ...(mount.size !== undefined ? { size: mount.size } : {}) });
     }
@@ -248,7 +251,7 @@ export async function up(project: Project, options: { frozen: boolean; reporter:
       created,
       exec: { identity: build.identity, workdir: spec.workdir, env: processEnv(image, build.identity, false), resources: spec.resources },
     };
-    if (usesWorkspaceSync(spec)) record.sync = syncSettings(source.dir, spec.workspace, spec.backend.type);
+    if (usesWorkspaceSync(spec)) record.sync = syncSettings(source.dir, spec.workspace, spec.backend.type, config.mounts);
     const specStat = currentSpecStat(source.file, source.digest);
     if (specStat) record.specStat = specStat;
     writeRecord(record);

@@ -2,9 +2,10 @@
  * Services: the CLI side of the per-environment supervisor (`envy __supervise ID`, supervisor.ts).
  *
  * The supervisor is a small detached Node process, one per environment, started by `envy up` after
- * postStart. It runs each service as `envy-ns exec` into the environment, so the services live in the
- * environment's pid namespace: when the environment stops, the kernel kills them, whether or not the
- * supervisor is alive. It exits when the environment is gone.
+ * postStart. It runs each service through the backend's ServiceHost (service-host.ts): `envy-ns exec`
+ * into a namespace environment's pid namespace (when the environment stops, the kernel kills them,
+ * whether or not the supervisor is alive), or an exec over its own guest agent connection into a VM.
+ * It exits when the environment is gone.
  *
  * How the CLI talks to it, without a socket (like workspace-sync.ts): files in the environment's run/
  * dir plus signals. `up` writes the desired services (`services-spec.json`, with a generation number)
@@ -45,6 +46,8 @@ export interface ServiceStatus {
   /** Host pid of the service's process (its process group leader), while it runs. */
   pid?: number;
   pidStartTime?: string;
+  /** A VM environment's service: its pid inside the guest (the supervisor's guest agent exec). */
+  guestPid?: number;
   restarts: number;
   startedAt?: string;
   readyAt?: string;
@@ -142,7 +145,7 @@ export function servicesReport(id: string, environmentRunning: boolean): { super
   const services = (status?.services ?? []).map((service) => {
     if (environmentRunning && owner) return service;
     const alive = environmentRunning && service.pid !== undefined && service.pidStartTime !== undefined && isAlive({ pid: service.pid, startTime: service.pidStartTime });
-    return alive ? service : { ...service, state: 'stopped' as const, pid: undefined };
+    return alive ? service : { ...service, state: 'stopped' as const, pid: undefined, guestPid: undefined };
   });
   return { supervisor: owner ? 'running' : 'stopped', services };
 }

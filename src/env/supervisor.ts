@@ -1,19 +1,16 @@
 /**
  * The body of `envy __supervise ID`: the environment's service supervisor (see services.ts for the
- * protocol). Each service is `envy-ns exec --target INIT -- /bin/sh -c RUN`; the helper makes the
- * workload a session leader, so the service's whole process group can be signalled from the host.
- * Output goes through pipes into size-rotated logs.
+ * protocol), the same for both backends. Each service is `/bin/sh -c RUN` started through the
+ * backend's ServiceHost (service-host.ts): `envy-ns exec` into a namespace environment, an exec over
+ * the guest agent into a VM. Either way the workload leads its own process group, so the whole
+ * service can be signalled. Output goes through pipes into size-rotated logs on the host.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import type { ServiceSpec } from '../config/types.js';
 import { writeFileAtomic } from '../state/atomic.js';
 import { readRecord } from '../state/environments.js';
-import { acquireLock, isAlive, processStartTime } from '../state/lock.js';
-import { processArgs } from '../runtime/namespace/args.js';
-import { helperPath } from '../runtime/namespace/helper.js';
-import { rlimitArgs } from '../runtime/namespace/limits.js';
-import { runningInit, type InitRecord } from '../runtime/namespace/state.js';
+import { acquireLock } from '../state/lock.js';
+import { serviceHostFor, type ProcessRequest, type ServicePid, type ServiceProcess } from './service-host.js';
 import { LineSplitter, RotatingLog } from './service-log.js';
 import { readServicesRequest, readServicesStatus, serviceDigest, serviceLogPath, servicesPaths, type ServiceState, type ServiceStatus } from './services.js';
 
@@ -28,11 +25,10 @@ interface Supervised {
   spec: ServiceSpec;
   digest: string;
   state: ServiceState;
-  child?: ChildProcess;
+  child?: ServiceProcess;
   /** Resolves when the current child has exited. */
   exited?: Promise<number>;
-  pid?: number;
-  pidStartTime?: string;
+  pid?: ServicePid;
   restarts: number;
   /** Crashes in a row without a long enough run in between (the backoff exponent). */
   streak: number;
@@ -75,15 +71,11 @@ export async function runSupervisor(id: string): Promise<number> {
   const combined = new RotatingLog(paths.combined);
   const services = new Map<string, Supervised>();
   let applied = 0;
+  const host = await serviceHostFor(record, exec);
 
-  // A supervisor that was SIGKILLed leaves its services running in the environment: end them, so
+  // A supervisor that was SIGKILLed may leave its services running in the environment: end them, so
   // the ones we start are the only ones.
-  for (const stale of readServicesStatus(id)?.services ?? []) {
-    if (stale.pid !== undefined && stale.pidStartTime !== undefined && isAlive({ pid: stale.pid, startTime: stale.pidStartTime })) {
-      say(`stopping ${stale.name} (pid ${stale.pid}) left by an earlier supervisor`);
-      await killGroup(stale.pid, stale.pidStartTime, 2_000);
-    }
-  }
+  await host.endStale(readServicesStatus(id)?.services ?? [], say);
 
   let writeTimer: NodeJS.Timeout | undefined;
   const statusNow = (): void => {
@@ -92,7 +84,7 @@ export async function runSupervisor(id: string): Promise<number> {
     const list: ServiceStatus[] = [...services.values()].map((s) => ({
       name: s.spec.name,
       state: s.state,
-      ...(s.pid !== undefined ? { pid: s.pid, pidStartTime: s.pidStartTime } : {}),
+      ...s.pid,
       restarts: s.restarts,
       ...(s.startedAt ? { startedAt: s.startedAt } : {}),
       ...(s.readyAt ? { readyAt: s.readyAt } : {}),
@@ -115,40 +107,31 @@ export async function runSupervisor(id: string): Promise<number> {
     // Not also in supervisor.log: that file is not rotated, and a crash loop would grow it forever.
   };
 
-  const helperArgs = (service: ServiceSpec, argv: string[]): string[] => {
-    const init = runningInit(id);
-    if (!init) throw new Error('the environment is not running');
-    const config = { id, hostname: record.name, rootfs: { layers: [] }, mounts: [], network: 'host' as const, user: exec.identity, resources: exec.resources };
-    return [
-      'exec',
-      '--target',
-      `${init.pid}:${init.startTime}`,
-      ...rlimitArgs(config),
-      ...processArgs({ argv, env: { ...exec.env, ...service.env }, cwd: service.workdir ?? exec.workdir, root: false, identity: exec.identity, tty: false }, exec.identity),
-    ];
-  };
+  const request = (service: ServiceSpec, command: string): ProcessRequest => ({
+    argv: ['/bin/sh', '-c', command],
+    env: { ...exec.env, ...service.env },
+    cwd: service.workdir ?? exec.workdir,
+  });
 
   const launch = (service: Supervised): void => {
     service.error = undefined;
-    let args: string[];
+    let child: ServiceProcess;
     try {
-      args = helperArgs(service.spec, ['/bin/sh', '-c', service.spec.run]);
+      child = host.start(request(service.spec, service.spec.run), (text) => note(service, text));
     } catch (error) {
       service.state = 'failed';
       service.error = (error as Error).message;
       writeStatus();
       return;
     }
-    const child = spawn(helperPath(), args, { stdio: ['ignore', 'pipe', 'pipe'] });
     service.child = child;
     service.pid = undefined;
-    service.pidStartTime = undefined;
     service.startedAtMs = Date.now();
     service.startedAt = new Date().toISOString();
     service.readyAt = undefined;
     service.state = service.spec.ready ? 'starting' : 'running';
     const prefix = Buffer.from(`${service.spec.name} | `);
-    for (const stream of [child.stdout!, child.stderr!]) {
+    for (const stream of [child.stdout, child.stderr]) {
       const lines = new LineSplitter();
       const write = (chunk: Buffer[]): void => {
         for (const line of chunk) {
@@ -159,19 +142,11 @@ export async function runSupervisor(id: string): Promise<number> {
       stream.on('data', (data: Buffer) => write(lines.push(data)));
       stream.on('end', () => write(lines.flush()));
     }
-    service.exited = new Promise<number>((resolve) => {
-      child.on('error', (error) => {
-        note(service, `cannot run the namespace helper: ${error.message}`);
-        resolve(125);
-      });
-      child.on('close', (code, signal) => resolve(code ?? (signal ? 128 + signalNumber(signal) : 125)));
-    });
-    const thisChild = child;
-    void service.exited.then((code) => onExit(service, thisChild, code));
-    void findWorkload(child.pid).then((found) => {
-      if (found && service.child === thisChild) {
-        service.pid = found.pid;
-        service.pidStartTime = found.startTime;
+    service.exited = child.exited;
+    void child.exited.then((code) => onExit(service, child, code));
+    void child.identified.then((found) => {
+      if (found && service.child === child) {
+        service.pid = found;
         writeStatus();
       }
     });
@@ -179,11 +154,10 @@ export async function runSupervisor(id: string): Promise<number> {
     writeStatus();
   };
 
-  const onExit = (service: Supervised, child: ChildProcess, code: number): void => {
+  const onExit = (service: Supervised, child: ServiceProcess, code: number): void => {
     if (service.child !== child) return;
     service.child = undefined;
     service.pid = undefined;
-    service.pidStartTime = undefined;
     service.lastExit = { code, at: new Date().toISOString() };
     if (service.stopping) {
       service.state = 'stopped';
@@ -231,7 +205,7 @@ export async function runSupervisor(id: string): Promise<number> {
         return false;
       }
       if (service.state === 'starting') {
-        const result = await runCheck(helperArgs(service.spec, ['/bin/sh', '-c', ready.run]), Math.max(1_000, deadline - Date.now()));
+        const result = await host.check(request(service.spec, ready.run), Math.max(1_000, deadline - Date.now()));
         if (service.stopping) return false;
         if (result.code === 0 && service.state === 'starting') {
           service.state = 'ready';
@@ -272,17 +246,12 @@ export async function runSupervisor(id: string): Promise<number> {
     }
     service.state = 'stopping';
     writeStatus();
-    // The recorded pid only while it is still that process: a reused pid must never be signalled.
-    const recorded = service.pid !== undefined && service.pidStartTime !== undefined && processStartTime(service.pid) === service.pidStartTime;
-    const found = recorded ? { pid: service.pid!, startTime: service.pidStartTime! } : await findWorkload(child.pid);
     note(service, `stopping (SIGTERM, SIGKILL after ${service.spec.stopGrace} ms)`);
-    if (found) signalGroup(found.pid, 'SIGTERM');
-    else child.kill('SIGTERM'); // the helper forwards it to the workload
+    await child.signal('SIGTERM');
     const exited = service.exited;
     if (!(await within(exited, service.spec.stopGrace))) {
       note(service, `did not stop within ${service.spec.stopGrace} ms: SIGKILL`);
-      if (found) signalGroup(found.pid, 'SIGKILL');
-      child.kill('SIGKILL');
+      await child.signal('SIGKILL');
       await within(exited, KILL_WAIT_MS);
     }
     service.state = 'stopped';
@@ -352,6 +321,7 @@ export async function runSupervisor(id: string): Promise<number> {
       statusNow();
       for (const service of services.values()) service.log.close();
       combined.close();
+      host.close();
       lock.release();
       finish();
     })();
@@ -364,10 +334,8 @@ export async function runSupervisor(id: string): Promise<number> {
   onTerminate = stopAll;
 
   // Services die with the environment; the supervisor follows them.
-  let envInit: InitRecord | undefined = runningInit(id);
   const liveness = setInterval(() => {
-    if (!envInit || !isAlive({ pid: envInit.pid, startTime: envInit.startTime })) {
-      envInit = undefined;
+    if (!host.running()) {
       for (const service of services.values()) {
         service.stopping = true;
         if (service.backoff) clearTimeout(service.backoff);
@@ -393,84 +361,4 @@ async function within(promise: Promise<unknown>, ms: number): Promise<boolean> {
   const result = await Promise.race([promise.then(() => true), timeout]);
   clearTimeout(timer);
   return result;
-}
-
-const SIGNALS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGPIPE: 13, SIGTERM: 15 };
-function signalNumber(signal: NodeJS.Signals): number {
-  return SIGNALS[signal] ?? 0;
-}
-
-function signalGroup(pid: number, signal: NodeJS.Signals): void {
-  try {
-    process.kill(-pid, signal);
-  } catch {
-    try {
-      process.kill(pid, signal);
-    } catch {
-      // already gone
-    }
-  }
-}
-
-async function killGroup(pid: number, startTime: string, graceMs: number): Promise<void> {
-  signalGroup(pid, 'SIGTERM');
-  const deadline = Date.now() + graceMs;
-  while (isAlive({ pid, startTime }) && Date.now() < deadline) await sleep(20);
-  if (isAlive({ pid, startTime })) signalGroup(pid, 'SIGKILL');
-}
-
-/**
- * The host pid of the workload the helper forked (its only child). /proc/PID/task/TID/children
- * needs CONFIG_PROC_CHILDREN, which not every kernel has, so this scans for the parent pid.
- */
-async function findWorkload(helperPid: number | undefined): Promise<{ pid: number; startTime: string } | undefined> {
-  if (helperPid === undefined) return undefined;
-  for (let attempt = 0; attempt < 50; attempt++) {
-    for (const name of readdirSync('/proc')) {
-      if (!/^\d+$/.test(name)) continue;
-      let stat: string;
-      try {
-        stat = readFileSync(`/proc/${name}/stat`, 'utf8');
-      } catch {
-        continue;
-      }
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (Number(fields[1]) === helperPid) {
-        const pid = Number(name);
-        const startTime = processStartTime(pid);
-        if (startTime) return { pid, startTime };
-      }
-    }
-    if (processStartTime(helperPid) === undefined) return undefined;
-    await sleep(20);
-  }
-  return undefined;
-}
-
-/** Run a readiness check to its end (bounded); its exit code and combined output. */
-function runCheck(args: string[], timeoutMs: number): Promise<{ code: number; output: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(helperPath(), args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let output = '';
-    const collect = (data: Buffer): void => {
-      output = (output + data.toString()).slice(-4096);
-    };
-    child.stdout!.on('data', collect);
-    child.stderr!.on('data', collect);
-    const timer = setTimeout(() => {
-      void findWorkload(child.pid).then((found) => {
-        if (found) signalGroup(found.pid, 'SIGKILL');
-        child.kill('SIGKILL');
-      });
-      output += `\n(the check took longer than ${timeoutMs} ms)`;
-    }, timeoutMs);
-    child.on('error', (error) => {
-      clearTimeout(timer);
-      resolve({ code: 125, output: error.message });
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code: code ?? (signal ? 128 + signalNumber(signal) : 125), output });
-    });
-  });
 }

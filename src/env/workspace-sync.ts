@@ -21,8 +21,10 @@ import { packageRoot } from '../package-root.js';
 import { writeFileAtomic } from '../state/atomic.js';
 import { environmentPaths, readRecord, type EnvironmentRecord } from '../state/environments.js';
 import { acquireLock, isAlive, terminateOwner, type LockOwner } from '../state/lock.js';
+import { createHash } from 'node:crypto';
 import type { BackendSpec, EnvSpec, WorkspaceSpec } from '../config/types.js';
-import type { SyncStatus } from '../sync/engine.js';
+import type { MountRequest } from '../runtime/types.js';
+import type { SyncEngine, SyncStatus } from '../sync/engine.js';
 import type { SyncTransport } from '../sync/transport.js';
 
 export interface WorkspaceSyncPaths {
@@ -194,6 +196,18 @@ export async function runWorkspaceSync(id: string): Promise<number> {
     ignore: record.sync.ignore,
     stateDir: target.stateDir,
   });
+  // A VM's volumes and binds: an engine each, beside the workspace's, over the same connection.
+  const mounts = (record.sync.mounts ?? []).map(
+    (mount) =>
+      new SyncEngine({
+        source: new LocalTransport(mount.source),
+        target: target.transportAt(mount.guest),
+        direction: mount.direction,
+        stateDir: mountStateDir(target.stateDir, mount.guest),
+      }),
+  );
+  const engines = [engine, ...mounts];
+  const status = (): SyncStatus => combinedStatus(engines);
   let lastWrite = 0;
   let writeTimer: NodeJS.Timeout | undefined;
   const writeStatus = (): void => {
@@ -203,20 +217,22 @@ export async function runWorkspaceSync(id: string): Promise<number> {
     writeTimer = setTimeout(() => {
       writeTimer = undefined;
       lastWrite = Date.now();
-      writeFileAtomic(paths.status, `${JSON.stringify({ ...engine.status(), updatedAt: new Date().toISOString() })}\n`);
+      writeFileAtomic(paths.status, `${JSON.stringify({ ...status(), updatedAt: new Date().toISOString() })}\n`);
     }, wait);
   };
-  engine.on('state', writeStatus);
-  engine.on('applied', writeStatus);
-  engine.on('warning', (message) => log(`warning: ${message}`));
-  engine.on('error', (error) => {
-    log(`error: ${error.message}`);
-    writeStatus();
-  });
-  engine.on('conflict', (conflict) => {
-    log(`conflict: ${conflict.path} changed on both sides; the environment's version is ${conflict.conflictPath}`);
-    writeStatus();
-  });
+  for (const each of engines) {
+    each.on('state', writeStatus);
+    each.on('applied', writeStatus);
+    each.on('warning', (message) => log(`warning: ${message}`));
+    each.on('error', (error) => {
+      log(`error: ${error.message}`);
+      writeStatus();
+    });
+    each.on('conflict', (conflict) => {
+      log(`conflict: ${conflict.path} changed on both sides; the environment's version is ${conflict.conflictPath}`);
+      writeStatus();
+    });
+  }
 
   let stopping: Promise<void> | undefined;
   let finish!: () => void;
@@ -225,10 +241,10 @@ export async function runWorkspaceSync(id: string): Promise<number> {
     (stopping ??= (async () => {
       log(`stopping: ${why}`);
       stopWatching();
-      await engine.stop().catch((error: Error) => log(`error while stopping: ${error.message}`));
+      for (const each of engines) await each.stop().catch((error: Error) => log(`error while stopping: ${error.message}`));
       target.close();
       if (writeTimer) clearTimeout(writeTimer);
-      writeFileAtomic(paths.status, `${JSON.stringify({ ...engine.status(), updatedAt: new Date().toISOString() })}\n`);
+      writeFileAtomic(paths.status, `${JSON.stringify({ ...status(), updatedAt: new Date().toISOString() })}\n`);
       lock.release();
       finish();
     })());
@@ -246,8 +262,8 @@ export async function runWorkspaceSync(id: string): Promise<number> {
         again = false;
         const requests = readdirSync(paths.requests);
         if (requests.length === 0) continue;
-        await engine.flush();
-        writeFileAtomic(paths.status, `${JSON.stringify({ ...engine.status(), updatedAt: new Date().toISOString() })}\n`);
+        for (const each of engines) await each.flush();
+        writeFileAtomic(paths.status, `${JSON.stringify({ ...status(), updatedAt: new Date().toISOString() })}\n`);
         for (const name of requests) rmSync(join(paths.requests, name), { force: true });
       } while (again);
     } catch (error) {
@@ -260,7 +276,7 @@ export async function runWorkspaceSync(id: string): Promise<number> {
   // Requests made before the engine started are served once the initial sync is done.
   process.removeListener('SIGUSR1', early);
   process.on('SIGUSR1', () => {
-    if (engine.status().state !== 'starting' && engine.status().state !== 'stopped') void serveFlushes();
+    if (status().state !== 'starting' && status().state !== 'stopped') void serveFlushes();
   });
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGINT', () => void stop('SIGINT'));
@@ -269,14 +285,15 @@ export async function runWorkspaceSync(id: string): Promise<number> {
   const stopWatching = target.watchGone((why) => void stop(why));
 
   log(`syncing ${record.sync.source} -> ${target.transport.description} (${record.sync.direction})`);
+  for (const mount of record.sync.mounts ?? []) log(`syncing ${mount.source} -> ${mount.guest} in the VM (${mount.direction})`);
   try {
-    await engine.start();
+    for (const each of engines) await each.start();
   } catch (error) {
     log(`error: the initial sync failed: ${(error as Error).message}`);
     await stop('the initial sync failed');
     return 1;
   }
-  log(`initial sync done: ${engine.status().applied} paths applied`);
+  log(`initial sync done: ${status().applied} paths applied`);
   writeStatus();
   await serveFlushes();
   await done;
@@ -286,6 +303,8 @@ export async function runWorkspaceSync(id: string): Promise<number> {
 /** The environment's side of the sync: where the files go, and how to tell that the environment is gone. */
 interface SyncSide {
   transport: SyncTransport;
+  /** Another directory on the same side (a VM's volumes and binds). */
+  transportAt(path: string): SyncTransport;
   /** The engine's persisted state for this pair. */
   stateDir: string;
   /** Call `onGone` once the environment is gone; returns a function that stops looking. */
@@ -306,6 +325,7 @@ async function localSide(id: string, record: EnvironmentRecord, copy: string): P
   const runtime = new NamespaceRuntime();
   return {
     transport: new LocalTransport(copy),
+    transportAt: (path) => new LocalTransport(path),
     stateDir: workspaceSyncPaths(id).state,
     watchGone(onGone) {
       const startedAt = Date.now();
@@ -345,10 +365,11 @@ async function guestSide(id: string, record: EnvironmentRecord, guestPath: strin
   const client = await connectGuestSync(id, identity, log);
   const base = workspaceSyncPaths(id).state;
   const disk = `vm-${guestDiskIdentity(id)}`;
-  // Agreements with disks that are gone are worthless: drop them.
-  for (const name of existsSync(base) ? readdirSync(base) : []) if (name !== disk) rmSync(join(base, name), { recursive: true, force: true });
+  // Agreements with disks that are gone are worthless: drop them (the mounts' are `DISK.m-*`).
+  for (const name of existsSync(base) ? readdirSync(base) : []) if (name !== disk && !name.startsWith(`${disk}.`)) rmSync(join(base, name), { recursive: true, force: true });
   return {
     transport: new AgentTransport(client, guestPath, record.name),
+    transportAt: (path) => new AgentTransport(client, path, record.name),
     stateDir: join(base, disk),
     watchGone(onGone) {
       client.onClose(() => onGone(runningVmState(id) ? 'the connection to the sync agent in the VM closed' : 'the VM is not running'));
@@ -361,9 +382,33 @@ async function guestSide(id: string, record: EnvironmentRecord, guestPath: strin
   };
 }
 
-/** The record's description of a watch-synced workspace. */
-export function syncSettings(projectDir: string, workspace: WorkspaceSpec, backend: BackendSpec['type']): NonNullable<EnvironmentRecord['sync']> {
-  return { source: projectDir, direction: workspace.direction, ignore: workspace.ignore, ...(backend === 'vm' ? { guest: workspace.path } : {}) };
+/** The agreed state of a mount's two-way sync: beside the workspace's, per disk, per guest path. */
+function mountStateDir(workspaceState: string, guest: string): string {
+  return `${workspaceState}.m-${createHash('sha256').update(guest).digest('hex').slice(0, 16)}`;
+}
+
+/** What status and flushes see of several engines: busy while any is, every pending path and conflict. */
+function combinedStatus(engines: SyncEngine[]): SyncStatus {
+  const all = engines.map((each) => each.status());
+  const first = all[0]!;
+  const busy = all.find((each) => each.state === 'starting') ?? all.find((each) => each.state === 'syncing');
+  return {
+    ...first,
+    state: busy?.state ?? first.state,
+    pending: all.reduce((sum, each) => sum + each.pending, 0),
+    conflicts: all.flatMap((each) => each.conflicts),
+    lastError: all.find((each) => each.lastError !== null)?.lastError ?? null,
+    applied: all.reduce((sum, each) => sum + each.applied, 0),
+  };
+}
+
+/** The record's description of a watch-synced workspace (and, in a VM, of the other mounts it keeps live). */
+export function syncSettings(projectDir: string, workspace: WorkspaceSpec, backend: BackendSpec['type'], mounts: MountRequest[] = []): NonNullable<EnvironmentRecord['sync']> {
+  if (backend !== 'vm') return { source: projectDir, direction: workspace.direction, ignore: workspace.ignore };
+  const others = mounts
+    .filter((m) => m.vm === 'sync' && m.source && m.target !== workspace.path)
+    .map((m) => ({ source: m.source!, guest: m.target, direction: m.readonly ? ('one-way' as const) : ('two-way' as const) }));
+  return { source: projectDir, direction: workspace.direction, ignore: workspace.ignore, guest: workspace.path, ...(others.length > 0 ? { mounts: others } : {}) };
 }
 
 /**

@@ -50,6 +50,11 @@ export interface EnvironmentRecord {
     direction: 'one-way' | 'two-way';
     ignore: string[];
     guest?: string;
+    /**
+     * A VM's other host directories kept live in the guest by the same process (volumes, binds
+     * from env.yaml): two-way, or one-way for a read-only bind.
+     */
+    mounts?: { source: string; guest: string; direction: 'one-way' | 'two-way' }[];
   };
 }
 

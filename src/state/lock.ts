@@ -27,8 +27,19 @@ export function processStartTime(pid: number): string | undefined {
   }
 }
 
+/**
+ * The owner still runs: same start time, and not a zombie. A detached process (a supervisor, a sync
+ * process) whose parent exited is reaped by PID 1, and in a container that PID 1 may take its time;
+ * a zombie holds nothing and does nothing, so it must not keep its lock or read as running.
+ */
 export function isAlive(owner: Pick<LockOwner, 'pid' | 'startTime'>): boolean {
-  return processStartTime(owner.pid) === owner.startTime;
+  try {
+    const stat = readFileSync(`/proc/${owner.pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return fields[19] === owner.startTime && fields[0] !== 'Z' && fields[0] !== 'X';
+  } catch {
+    return false;
+  }
 }
 
 /** SIGTERM a lock's owner, wait up to `graceMs` for it to go, then SIGKILL it. */

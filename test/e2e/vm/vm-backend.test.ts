@@ -5,16 +5,18 @@
  * image's kernel, not the host's.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { asUserArgv, collect, envy, envyRoot, runAsUser, userTempDir, type RunResult } from '../harness.js';
+import { asUserArgv, collect, envy, envyRoot, runAsUser, userTempDir, waitFor, type RunResult } from '../harness.js';
 
 let project: { path: string; remove: () => void };
 /** The host loopback port forwarded to the guest's 8080 (`ports`), free when the test starts. */
 let forwarded: number;
 let home: { path: string; remove: () => void };
+/** The directory env.yaml binds at /data. */
+let data: { path: string; remove: () => void };
 
 const run = (args: string[], options: { timeoutMs?: number; input?: string } = {}): Promise<RunResult> =>
   envy(args, { cwd: project.path, env: { ENVY_HOME: home.path, CI: 'true' }, timeoutMs: options.timeoutMs ?? 180_000, ...(options.input !== undefined ? { input: options.input } : {}) });
@@ -38,11 +40,25 @@ interface StatusRow {
   state: string;
   pid?: number;
   vm?: { arch: string; kernel: string; accel: string };
+  supervisor?: string;
+  services?: { name: string; state: string; restarts: number; guestPid?: number; pid?: number }[];
 }
 
 async function status(): Promise<StatusRow | undefined> {
   const rows = JSON.parse(ok(await run(['status', '--json'])).stdout) as { environments: StatusRow[] };
   return rows.environments.find((r) => r.name === 'vmt');
+}
+
+/** One connection to the forwarded port: what the guest sent before closing ('' when nothing answered). */
+function fetchForwarded(): Promise<string> {
+  return new Promise((resolve) => {
+    let text = '';
+    const socket = connect(forwarded, '127.0.0.1');
+    socket.setTimeout(5000, () => socket.destroy());
+    socket.on('data', (chunk: Buffer) => (text += chunk.toString()));
+    socket.on('error', () => resolve(text));
+    socket.on('close', () => resolve(text));
+  });
 }
 
 describe('backend: vm (x86_64 guest under qemu)', () => {
@@ -55,11 +71,31 @@ describe('backend: vm (x86_64 guest under qemu)', () => {
         probe.close(() => resolve(port));
       });
     });
+    // A bind source outside the project, so the workspace sync does not carry it too.
+    data = userTempDir('envy-vm-data-');
+    writeFileSync(join(data.path, 'seed.txt'), 'seeded on the host\n');
     writeFileSync(
       join(project.path, 'env.yaml'),
-      ['name: vmt', 'base:', '  debian: bookworm', 'backend:', '  type: vm', '  memory: 1g', '  cpus: 2', 'hooks:', '  onCreate: echo created > /var/tmp/hook', 'ports:', `  - "${forwarded}:8080"`, ''].join('\n'),
+      [
+        'name: vmt',
+        'base:',
+        '  debian: bookworm',
+        'backend:',
+        '  type: vm',
+        '  memory: 1g',
+        '  cpus: 2',
+        'hooks:',
+        '  onCreate: echo created > /var/tmp/hook',
+        'ports:',
+        `  - "${forwarded}:8080"`,
+        'mounts:',
+        '  - {volume: cache, target: /cache}',
+        `  - {bind: ${data.path}, target: /data}`,
+        '',
+      ].join('\n'),
     );
     writeFileSync(join(project.path, 'hello.txt'), 'from the host\n');
+
     // Bootstrap (~1.5 min), the kernel package (~70 MB), the disk, the first boot.
     ok(await run(['up'], { timeoutMs: 600_000 }));
   }, 620_000);
@@ -68,6 +104,7 @@ describe('backend: vm (x86_64 guest under qemu)', () => {
     await run(['down', '--rm']).catch(() => undefined);
     await runAsUser(join(envyRoot(), 'dist/envy-ns'), ['userns', '--', 'rm', '-rf', home.path]).catch(() => undefined);
     home.remove();
+    data.remove();
     project.remove();
   });
 
@@ -110,19 +147,10 @@ describe('backend: vm (x86_64 guest under qemu)', () => {
   test('ports: a server in the guest is reached from the host on 127.0.0.1 only', async () => {
     // perl-base is in every Debian image; the server answers one connection and exits 0.
     const server = run(['exec', '--', 'perl', '-MIO::Socket::INET', '-e', '$s = IO::Socket::INET->new(LocalAddr => "0.0.0.0", LocalPort => 8080, Listen => 1, ReuseAddr => 1) or die "listen: $!"; $c = $s->accept; print $c "hello from the guest\\n"; close $c']);
-    const fetch = (): Promise<string> =>
-      new Promise((resolve) => {
-        let text = '';
-        const socket = connect(forwarded, '127.0.0.1');
-        socket.setTimeout(5000, () => socket.destroy());
-        socket.on('data', (chunk: Buffer) => (text += chunk.toString()));
-        socket.on('error', () => resolve(text));
-        socket.on('close', () => resolve(text));
-      });
     // qemu accepts on the host side at once and drops the connection until the guest listens.
     let answer = '';
     for (let i = 0; i < 240 && !answer.includes('hello'); i++) {
-      answer = await fetch();
+      answer = await fetchForwarded();
       if (!answer.includes('hello')) await new Promise((resolve) => setTimeout(resolve, 250));
     }
     expect(answer).toBe('hello from the guest\n');
@@ -173,6 +201,118 @@ describe('backend: vm (x86_64 guest under qemu)', () => {
     ok(await run(['exec', '--root', '--', 'rm', '-f', '/tmp/gate', '/tmp/open-a', '/tmp/open-b']));
   });
 
+  test('volumes and binds from env.yaml are kept live in the guest both ways, like the workspace', async () => {
+    const uid = execFileSync('stat', ['-c', '%u', project.path]).toString().trim();
+    expect(ok(await run(['exec', '--', 'cat', '/data/seed.txt'])).stdout).toBe('seeded on the host\n');
+    expect(ok(await run(['exec', '--', 'stat', '-c', '%u', '/data', '/cache'])).stdout.trim().split('\n')).toEqual([uid, uid]);
+    // A host edit arrives with no command run.
+    writeFileSync(join(data.path, 'seed.txt'), 'edited on the host\n');
+    await waitFor('the host edit in the guest', async () => (await run(['exec', '--', 'cat', '/data/seed.txt'])).stdout === 'edited on the host\n', 30_000);
+    // Files written in the guest come back: to the bind's source, and to the volume's directory on
+    // the host, so the volume outlives a fresh disk (a new image) as a namespace volume does.
+    ok(await run(['exec', '--', 'sh', '-c', 'echo from the guest > /data/made-in-guest; echo cached > /cache/made-in-guest']));
+    const volume = execFileSync('sh', ['-c', `ls -d ${join(home.path, 'environments')}/vmt-*/volumes/cache`]).toString().trim();
+    await waitFor('the guest files on the host', () => existsSync(join(data.path, 'made-in-guest')) && existsSync(join(volume, 'made-in-guest')), 30_000);
+    expect(readFileSync(join(data.path, 'made-in-guest'), 'utf8')).toBe('from the guest\n');
+    expect(readFileSync(join(volume, 'made-in-guest'), 'utf8')).toBe('cached\n');
+    ok(await run(['exec', '--', 'rm', '/data/made-in-guest']));
+    ok(await run(['sync', '--flush']));
+    await waitFor('the guest deletion on the host', () => !existsSync(join(data.path, 'made-in-guest')), 30_000);
+  });
+
+  test('services in the guest: up starts them, ports reach them, status and logs show them, a killed one restarts, down stops them', async () => {
+    const specWithout = readFileSync(join(project.path, 'env.yaml'), 'utf8');
+    // perl-base is in every Debian image: a server that answers every connection with its pid.
+    writeFileSync(
+      join(project.path, 'server.pl'),
+      'use IO::Socket::INET; $| = 1;\n$s = IO::Socket::INET->new(LocalAddr => "0.0.0.0", LocalPort => 8080, Listen => 5, ReuseAddr => 1) or die "listen: $!";\nprint "listening as $$\\n";\nwhile ($c = $s->accept) { print $c "hello from $ENV{GREETING} pid $$\\n"; close $c }\n',
+    );
+    writeFileSync(
+      join(project.path, 'env.yaml'),
+      specWithout +
+        [
+          'services:',
+          '  web:',
+          '    run: echo "uid=$(id -u) cwd=$(pwd) greeting=$GREETING"; exec perl server.pl',
+          '    env: {GREETING: envy}',
+          '    restart: always',
+          '    stopGrace: 3s',
+          `    ready: {run: "bash -c 'exec 3<>/dev/tcp/127.0.0.1/8080'", interval: 200ms, timeout: 60s}`,
+          '  tick:',
+          '    run: while true; do echo tick; sleep 1; done',
+          '',
+        ].join('\n'),
+    );
+    const vmPid = (await status())!.pid!;
+    // The server reaches /workspace through the live sync.
+    ok(await run(['sync', '--flush']));
+    const started = ok(await run(['up']));
+    // Only services changed: the VM kept running, the services started in it.
+    expect(started.stdout).toContain('services changed: web (new), tick (new); the rest keep running');
+    expect(started.stdout).toMatch(/services: web ready, tick running/);
+    let row = (await status())!;
+    expect(row.pid).toBe(vmPid);
+    expect(row.supervisor).toBe('running');
+    const web = () => row.services!.find((s) => s.name === 'web')!;
+    expect(web()).toMatchObject({ state: 'ready', restarts: 0 });
+    expect(web().pid).toBeUndefined();
+    const first = web().guestPid!;
+    expect(first).toBeGreaterThan(1);
+    // `up` has exited: the service still answers through `ports`, from the process status names.
+    expect(await fetchForwarded()).toBe(`hello from envy pid ${first}\n`);
+    const uid = execFileSync('stat', ['-c', '%u', project.path]).toString().trim();
+    const log = ok(await run(['logs', 'web'])).stdout;
+    expect(log).toContain(`uid=${uid} cwd=/workspace greeting=envy\n`);
+    expect(log).toContain(`listening as ${first}\n`);
+    expect(log).toMatch(/\[envy\] ready \(bash -c/);
+    expect(ok(await run(['logs'])).stdout).toMatch(/^tick \| tick$/m);
+    expect(ok(await run(['status'])).stdout).toMatch(/services: web ready, tick running/);
+
+    // Killed in the guest: restarted (restart: always), ready again under a new pid.
+    ok(await run(['exec', '--root', '--', 'sh', '-c', `kill -KILL ${first}`]));
+    await waitFor('web restarted and ready', async () => {
+      row = (await status())!;
+      return web().restarts === 1 && web().state === 'ready' && web().guestPid !== first;
+    }, 90_000);
+    const second = web().guestPid!;
+    expect(await fetchForwarded()).toBe(`hello from envy pid ${second}\n`);
+    expect(ok(await run(['logs', 'web'])).stdout).toMatch(/\[envy\] exited with code 137; restarting in 500 ms \(restart: always\)/);
+
+    // A SIGKILLed supervisor takes its services with it (the agent ends what its connection
+    // started); `up` starts a new one and the services again.
+    const runDir = execFileSync('sh', ['-c', `ls -d ${join(home.path, 'environments')}/vmt-*/run`]).toString().trim();
+    const supervisorPid = Number((JSON.parse(readFileSync(join(runDir, 'supervisor.lock'), 'utf8')) as { pid: number }).pid);
+    process.kill(supervisorPid, 'SIGKILL');
+    await waitFor('the supervisor to die', () => !alive(supervisorPid));
+    await waitFor('the guest to end the service', async () => (await run(['exec', '--', 'sh', '-c', `kill -0 ${second}`])).code !== 0, 30_000);
+    row = (await status())!;
+    expect(row.supervisor).toBe('stopped');
+    expect(web().state).toBe('stopped');
+    const again = ok(await run(['up']));
+    expect(again.stdout).toContain('the service supervisor was not running: services restarted');
+    row = (await status())!;
+    expect(row.pid).toBe(vmPid);
+    expect(web().state).toBe('ready');
+    const third = web().guestPid!;
+    expect(await fetchForwarded()).toBe(`hello from envy pid ${third}\n`);
+
+    // down: services stop in reverse file order, with SIGTERM, then the VM.
+    const newSupervisor = Number((JSON.parse(readFileSync(join(runDir, 'supervisor.lock'), 'utf8')) as { pid: number }).pid);
+    ok(await run(['down']));
+    expect(alive(newSupervisor)).toBe(false);
+    expect(alive(vmPid)).toBe(false);
+    const combined = ok(await run(['logs'])).stdout;
+    const tail = combined.slice(combined.lastIndexOf('web | [envy] ready'));
+    expect(tail.indexOf('tick | [envy] stopping')).toBeGreaterThan(-1);
+    expect(tail.indexOf('tick | [envy] stopping')).toBeLessThan(tail.indexOf('web | [envy] stopping'));
+    expect(tail).toContain('web | [envy] stopped (exit code 143)');
+    row = (await status())!;
+    expect(row.state).toBe('stopped');
+    expect(row.services!.map((s) => s.state)).toEqual(['stopped', 'stopped']);
+    expect(await fetchForwarded()).toBe('');
+    writeFileSync(join(project.path, 'env.yaml'), specWithout);
+  });
+
   test('down keeps the disk, up resumes it; killing envy mid-boot leaves no qemu behind', async () => {
     ok(await run(['exec', '--root', '--', 'sh', '-c', 'echo kept > /var/tmp/state']));
     const before = (await status())!.pid!;
@@ -205,6 +345,13 @@ describe('backend: vm (x86_64 guest under qemu)', () => {
     expect(ok(await run(['exec', '--', 'cat', '/workspace/hello.txt'])).stdout).toBe('edited while down\n');
     // onCreate ran once: the disk kept the environment across boots.
     expect(ok(await run(['exec', '--', 'cat', '/var/tmp/hook'])).stdout).toBe('created\n');
+    // A fresh disk (as after a new image): the guest's own state is gone, the volume's files come
+    // back from its host directory (written there by the guest in the volumes test).
+    ok(await run(['down']));
+    rmSync(join(execFileSync('sh', ['-c', `ls -d ${stateFile}/vmt-*/vm`]).toString().trim(), 'disk.qcow2'));
+    ok(await run(['up']));
+    expect((await run(['exec', '--', 'test', '-e', '/var/tmp/state'])).code).toBe(1);
+    expect(ok(await run(['exec', '--', 'cat', '/cache/made-in-guest'])).stdout).toBe('cached\n');
     const last = (await status())!.pid!;
     ok(await run(['down', '--rm']));
     expect(alive(last)).toBe(false);
