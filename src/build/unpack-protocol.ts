@@ -29,18 +29,31 @@ export interface Frame {
 const HEADER = 9;
 
 export function encodeFrame(type: FrameType, id: number, payload: Buffer = Buffer.alloc(0)): Buffer {
+  return Buffer.concat(encodeFrameParts(type, id, payload));
+}
+
+/** A frame as its header and its payload, for a writer that sends both without copying the payload. */
+export function encodeFrameParts(type: FrameType, id: number, payload: Buffer): [Buffer, Buffer] {
   const header = Buffer.alloc(HEADER);
   header.writeUInt8(type, 0);
   header.writeUInt32BE(id, 1);
   header.writeUInt32BE(payload.length, 5);
-  return Buffer.concat([header, payload]);
+  return [header, payload];
 }
 
 /** Frames as they complete; a stream that ends mid-frame is an error. */
 export async function* readFrames(input: AsyncIterable<Buffer | string>): AsyncGenerator<Frame> {
-  let pending = Buffer.alloc(0);
+  // Reads are kept as they come (a chunk read from a pipe is a fresh buffer) and joined only once the
+  // frame they belong to is complete: each byte is copied at most once, however the pipe splits them.
+  let parts: Buffer[] = [];
+  let buffered = 0;
+  let need = HEADER;
   for await (const chunk of input) {
-    pending = pending.length === 0 ? Buffer.from(chunk) : Buffer.concat([pending, Buffer.from(chunk)]);
+    const bytes = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+    parts.push(bytes);
+    buffered += bytes.length;
+    if (buffered < need) continue;
+    const pending = parts.length === 1 ? parts[0]! : Buffer.concat(parts, buffered);
     let offset = 0;
     while (pending.length - offset >= HEADER) {
       const length = pending.readUInt32BE(offset + 5);
@@ -48,7 +61,10 @@ export async function* readFrames(input: AsyncIterable<Buffer | string>): AsyncG
       yield { type: pending.readUInt8(offset) as FrameType, id: pending.readUInt32BE(offset + 1), payload: pending.subarray(offset + HEADER, offset + HEADER + length) };
       offset += HEADER + length;
     }
-    pending = pending.subarray(offset);
+    const rest = pending.subarray(offset);
+    parts = rest.length > 0 ? [rest] : [];
+    buffered = rest.length;
+    need = rest.length >= HEADER ? HEADER + rest.readUInt32BE(5) : HEADER;
   }
-  if (pending.length > 0) throw new Error(`unpack session: the input ended inside a frame (${pending.length} bytes left)`);
+  if (buffered > 0) throw new Error(`unpack session: the input ended inside a frame (${buffered} bytes left)`);
 }

@@ -16,7 +16,7 @@ import { packageRoot } from '../package-root.js';
 import { ensureHelper } from '../runtime/namespace/helper.js';
 import type { Identity } from '../runtime/types.js';
 import type { VmDiskResult } from '../runtime/vm/disk-worker.js';
-import { encodeFrame, FrameType, type UnpackJob } from './unpack-protocol.js';
+import { encodeFrame, encodeFrameParts, FrameType, type UnpackJob } from './unpack-protocol.js';
 
 /** A directory's identity as a layer: the digest of its deterministic tar (image/export.ts tarTree). */
 export interface LayerSnapshot {
@@ -135,7 +135,7 @@ export class UnpackSession {
     try {
       for await (const chunk of source) {
         if (this.failure) break;
-        await this.send(encodeFrame(FrameType.Data, id, Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk)));
+        await this.sendParts(encodeFrameParts(FrameType.Data, id, Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk)));
       }
       await this.send(encodeFrame(FrameType.End, id));
     } catch (error) {
@@ -159,6 +159,17 @@ export class UnpackSession {
   private async send(frame: Buffer): Promise<void> {
     if (this.failure) throw this.failure;
     if (!this.worker.stdin.write(frame)) await once(this.worker.stdin as unknown as NodeJS.EventEmitter, 'drain');
+  }
+
+  /** A data frame as two writes in one writev: the payload (a download's chunk) is not copied. */
+  private async sendParts([header, payload]: [Buffer, Buffer]): Promise<void> {
+    if (this.failure) throw this.failure;
+    const stdin = this.worker.stdin as unknown as NodeJS.WritableStream & { cork(): void; uncork(): void };
+    stdin.cork();
+    stdin.write(header);
+    const ready = stdin.write(payload);
+    stdin.uncork();
+    if (!ready) await once(stdin as unknown as NodeJS.EventEmitter, 'drain');
   }
 
   private async readAnswers(): Promise<void> {

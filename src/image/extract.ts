@@ -33,15 +33,14 @@ import {
   fchmodSync,
   futimesSync,
 } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import { pipeline as pipelineCallback, Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
-import * as tar from 'tar-stream';
 import { EnvyError } from '../errors.js';
-import { filterThrough, run } from '../exec.js';
-import { HashingStream } from './digest.js';
+import { filterThrough, runPlain } from '../exec.js';
 import { sniffCompression, type Compression } from './media-types.js';
+import { TarParser, type TarEntrySink, type TarHeader } from './tar-parse.js';
 import { tempName } from './temp.js';
 
 export interface ExtractOptions {
@@ -81,11 +80,14 @@ export interface ExtractResult {
 /** A layer blob: a stream, or a file path (lets zstd read the file directly). */
 export type LayerSource = Readable | string;
 
-type TarEntry = AsyncIterable<unknown> & { header: tar.Header };
-
 const SETID_BITS = 0o6000;
 /** Files up to this size are read whole from the tar and written with one call. */
 const SMALL_FILE = 256 * 1024;
+/**
+ * zlib's default output chunk is 16 KiB: every chunk is a round trip to the thread pool plus a stream push
+ * on the unpacking thread. Bigger chunks cut those round trips; small files are sliced out of them either way.
+ */
+const GUNZIP_CHUNK = 256 * 1024;
 const WHITEOUT_PREFIX = '.wh.';
 const OPAQUE_MARKER = '.wh..wh..opq';
 
@@ -163,7 +165,7 @@ async function openDecompressed(source: LayerSource): Promise<Decompressed> {
   if (compression === 'gzip') {
     // Not pipe(), which does not forward errors: a source that fails (a download whose digest does not
     // match) must fail the gunzip, not go unhandled. The reader sees the error on the gunzip.
-    return { stream: chain(stream, createGunzip()), compression, done: Promise.resolve() };
+    return { stream: chain(stream, createGunzip({ chunkSize: GUNZIP_CHUNK })), compression, done: Promise.resolve() };
   }
   if (compression === 'none') return { stream, compression, done: Promise.resolve() };
   // zstd: Node 20 has none; the zstd program decompresses as a stream filter (no spill file).
@@ -249,27 +251,27 @@ class LayerWriter {
   }
 
   async write(stream: Readable): Promise<ExtractResult> {
-    const hasher = new HashingStream();
-    const extract = tar.extract();
-    const feeding = pipeline(stream, hasher, extract);
-    // The loop below may stop early on a bad entry; the pipeline's own error then is secondary.
-    feeding.catch(() => {});
+    const hash = createHash('sha256');
+    let size = 0;
+    const parser = new TarParser((header) => this.entry(header));
     try {
-      for await (const entry of extract) {
-        await this.entry(entry);
+      // Each chunk is hashed and unpacked before the next is read: the loop is the backpressure.
+      for await (const chunk of stream) {
+        hash.update(chunk as Buffer);
+        size += (chunk as Buffer).length;
+        parser.push(chunk as Buffer);
       }
-      await feeding;
+      parser.end();
       await this.finish();
     } catch (error) {
+      parser.abort();
       stream.destroy();
-      hasher.destroy();
-      extract.destroy();
       throw this.wrap(error);
     }
     return {
       ...this.result,
-      diffId: hasher.digest(),
-      tarSize: hasher.size,
+      diffId: `sha256:${hash.digest('hex')}`,
+      tarSize: size,
       whiteouts: [...this.whiteouts.keys()].sort(),
       opaqueDirs: [...this.opaque].sort(),
     };
@@ -347,8 +349,8 @@ class LayerWriter {
     return mode & 0o1777;
   }
 
-  private async entry(entry: TarEntry): Promise<void> {
-    const header = entry.header;
+  /** One tar entry: made at once, or (a regular file with data) through the sink its data flows into. */
+  private entry(header: TarHeader): TarEntrySink | undefined {
     const name = header.name;
     this.result.entries += 1;
     const type = header.type ?? 'file';
@@ -360,33 +362,30 @@ class LayerWriter {
     const gid = header.gid ?? 0;
 
     if (base.startsWith(WHITEOUT_PREFIX)) {
-      await drain(entry);
       this.prepareParent(name, rel, mtime);
       const parent = rel.includes('/') ? rel.slice(0, rel.lastIndexOf('/')) : '';
       if (base === OPAQUE_MARKER) {
         this.opaque.add(parent);
-        return;
+        return undefined;
       }
       // Other .wh..wh.* names are aufs bookkeeping (hard-link dirs), not content.
-      if (base.startsWith(`${WHITEOUT_PREFIX}${WHITEOUT_PREFIX}`)) return;
+      if (base.startsWith(`${WHITEOUT_PREFIX}${WHITEOUT_PREFIX}`)) return undefined;
       const hidden = base.slice(WHITEOUT_PREFIX.length);
       if (hidden === '' || hidden === '.' || hidden === '..') throw this.reject(name, 'is a whiteout without a name');
       this.whiteouts.set(parent === '' ? hidden : `${parent}/${hidden}`, mtime);
-      return;
+      return undefined;
     }
 
     if (rel === '') {
-      await drain(entry);
       if (type !== 'directory') throw this.reject(name, 'replaces the layer root with a non-directory');
       this.dirs.set('', { path: '', mode, mtime, uid, gid });
-      return;
+      return undefined;
     }
 
     this.prepareParent(name, rel, mtime);
     const abs = join(this.root, rel);
     switch (type) {
       case 'directory': {
-        await drain(entry);
         this.clearForEntry(rel, true);
         try {
           mkdirSync(abs, { mode: 0o700 });
@@ -394,27 +393,42 @@ class LayerWriter {
           if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
         }
         this.dirs.set(rel, { path: rel, mode, mtime, uid, gid });
-        return;
+        return undefined;
       }
       case 'file':
       case 'contiguous-file': {
         this.clearForEntry(rel, false);
         this.placed.add(rel);
         this.linkable.add(rel);
-        if ((header.size ?? 0) <= SMALL_FILE) {
-          const data = await readEntry(entry);
+        if (header.size <= SMALL_FILE) {
           const owner = this.options.chown ? { uid, gid } : undefined;
           if (!owner) this.noteOwner(rel, uid, gid);
           const finalMode = this.finalMode(rel, mode);
-          writeSmallFile(abs, data, finalMode, mtime, owner);
-          return;
+          const chunks: Buffer[] = [];
+          return {
+            data: (chunk) => void chunks.push(chunk),
+            end: () => writeSmallFile(abs, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks), finalMode, mtime, owner),
+          };
         }
-        await writeFile(abs, entry);
-        this.applyAttributes(rel, abs, mode, mtime, uid, gid);
-        return;
+        // O_NOFOLLOW and O_EXCL: never write through a link, even one the checks missed.
+        let fd: number | undefined = openSync(abs, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, 0o600);
+        const close = (): void => {
+          if (fd !== undefined) closeSync(fd);
+          fd = undefined;
+        };
+        return {
+          data: (chunk) => {
+            let offset = 0;
+            while (offset < chunk.length) offset += writeSync(fd!, chunk, offset, chunk.length - offset);
+          },
+          end: () => {
+            close();
+            this.applyAttributes(rel, abs, mode, mtime, uid, gid);
+          },
+          abort: close,
+        };
       }
       case 'symlink': {
-        await drain(entry);
         const target = header.linkname ?? '';
         if (target === '') throw this.reject(name, 'is a symlink without a target');
         this.clearForEntry(rel, false);
@@ -427,39 +441,32 @@ class LayerWriter {
         lutimesSync(abs, mtime, mtime);
         this.symlinks.add(rel);
         this.linkable.add(rel);
-        return;
+        return undefined;
       }
       case 'link': {
-        await drain(entry);
         const target = this.confine(name, header.linkname ?? '', 'hard link target');
         if (target === '' || !this.linkable.has(target)) {
           throw this.reject(name, `is a hard link to "${header.linkname ?? ''}", which is not an earlier file of this layer`);
         }
-        if (target === rel) return;
+        if (target === rel) return undefined;
         this.clearForEntry(rel, false);
         linkSync(join(this.root, target), abs);
         this.placed.add(rel);
         if (this.symlinks.has(target)) this.symlinks.add(rel);
         this.linkable.add(rel);
-        return;
+        return undefined;
       }
       case 'character-device':
       case 'block-device': {
-        await drain(entry);
         this.result.skippedDevices += 1;
-        return;
+        return undefined;
       }
       case 'fifo': {
-        await drain(entry);
         this.clearForEntry(rel, false);
         this.placed.add(rel);
         this.fifos.push({ rel, mode, mtime, uid, gid });
-        return;
+        return undefined;
       }
-      default:
-        // pax and GNU long-name headers are consumed by the parser; anything else carries no file.
-        await drain(entry);
-        return;
     }
   }
 
@@ -476,7 +483,7 @@ class LayerWriter {
     // A whiteout next to a same-named entry of the same layer hides nothing of this layer (OCI spec): the entry stays.
     const whiteouts = [...this.whiteouts.keys()].filter((rel) => !exists(join(this.root, rel)));
     if (whiteouts.length > 0) {
-      await run('sh', ['-c', 'for p do mknod -- "$p" c 0 0 || exit 1; done', 'sh', ...whiteouts.map((rel) => join(this.root, rel))], {
+      await runPlain('sh', ['-c', 'for p do mknod -- "$p" c 0 0 || exit 1; done', 'sh', ...whiteouts.map((rel) => join(this.root, rel))], {
         errorCode: 'IMAGE',
         hint: 'overlay whiteouts are 0/0 character devices, which Linux lets unprivileged users create since 5.8',
       });
@@ -487,13 +494,13 @@ class LayerWriter {
     }
     if (this.opaque.size > 0) {
       for (const rel of this.opaque) mkdirSync(join(this.root, rel), { recursive: true });
-      await run('sh', ['-c', 'for p do setfattr -n user.overlay.opaque -v y -- "$p" || exit 1; done', 'sh', ...[...this.opaque].map((rel) => join(this.root, rel))], {
+      await runPlain('sh', ['-c', 'for p do setfattr -n user.overlay.opaque -v y -- "$p" || exit 1; done', 'sh', ...[...this.opaque].map((rel) => join(this.root, rel))], {
         errorCode: 'IMAGE',
         hint: 'opaque directories need setfattr (Debian: apt-get install attr) and a filesystem with user xattrs',
       });
     }
     if (this.fifos.length > 0) {
-      await run('mkfifo', ['--', ...this.fifos.map((fifo) => join(this.root, fifo.rel))], { errorCode: 'IMAGE' });
+      await runPlain('mkfifo', ['--', ...this.fifos.map((fifo) => join(this.root, fifo.rel))], { errorCode: 'IMAGE' });
       for (const fifo of this.fifos) {
         const abs = join(this.root, fifo.rel);
         this.applyAttributes(fifo.rel, abs, fifo.mode, fifo.mtime, fifo.uid, fifo.gid);
@@ -521,15 +528,7 @@ function exists(path: string): boolean {
   }
 }
 
-async function drain(entry: TarEntry): Promise<void> {
-  for await (const chunk of entry) void chunk;
-}
 
-async function readEntry(entry: TarEntry): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of entry) chunks.push(chunk as Buffer);
-  return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
-}
 
 // The open(2) mode passes through the umask; fchmod only when that changed it.
 const UMASK = process.umask();
@@ -560,16 +559,3 @@ function writeSmallFile(abs: string, data: Buffer, mode: number, mtime: Date, ow
   }
 }
 
-async function writeFile(abs: string, entry: TarEntry): Promise<void> {
-  // O_NOFOLLOW and O_EXCL: never write through a link, even one the checks missed.
-  const fd = openSync(abs, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, 0o600);
-  try {
-    for await (const chunk of entry) {
-      const buffer = chunk as Buffer;
-      let offset = 0;
-      while (offset < buffer.length) offset += writeSync(fd, buffer, offset, buffer.length - offset);
-    }
-  } finally {
-    closeSync(fd);
-  }
-}

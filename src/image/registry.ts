@@ -305,10 +305,21 @@ function blobStream(client: RegistryClient, store: LayerStore, descriptor: OciDe
         hint: 'the source is corrupt or was tampered with; try again, and report it to the image publisher if it persists',
       });
     }
-    store.commitVerifiedBlob(descriptor.digest, partial);
+    // The .partial file stays until the layer is in the store (pullImage removes it then): a pull killed
+    // while unpacking resumes from it without downloading again. The blob itself is not kept.
     if (held) yield held;
   }
   return Readable.from(bytes(), { objectMode: false });
+}
+
+/**
+ * A layer's compressed blob is not kept once the layer is unpacked: nothing reads it again (export re-tars
+ * the unpacked layer, a pull skips layers the store has), and writing it into blobs/ cost a second copy
+ * of every image on disk. What remains of the download (its .partial file) goes now; deleted this soon,
+ * its pages are usually never written back at all.
+ */
+function dropDownloadedBlob(store: LayerStore, digest: string): void {
+  rmSync(store.partialBlobPath(digest), { force: true });
 }
 
 /** Run `work` over `items` with at most `limit` in flight; the first failure wins once all settle. */
@@ -400,6 +411,7 @@ export async function pullImage(ref: string | ImageReference, store: LayerStore,
       if (downloading && !(error instanceof DownloadError)) rmSync(store.partialBlobPath(descriptor.digest), { force: true });
       throw error;
     }
+    dropDownloadedBlob(store, descriptor.digest);
     progress(descriptor, 'done', descriptor.size);
   });
 

@@ -232,11 +232,6 @@ export class LayerStore {
     renameSync(file, this.blobPath(digest));
   }
 
-  /** Move a .partial file whose digest the caller has just checked into blobs/ (a streamed download). */
-  commitVerifiedBlob(digest: string, file: string): void {
-    renameSync(file, this.blobPath(digest));
-  }
-
   /** Write a small blob (config, manifest) we already hold in memory, verifying its digest. */
   async putBlob(digest: string, data: Uint8Array, where: string): Promise<void> {
     if (this.hasBlob(digest)) return;

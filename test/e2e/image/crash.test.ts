@@ -104,6 +104,9 @@ describe('store crash safety', () => {
     expect(store.verify()).toEqual([]);
     expect(store.hasLayer(image.diffIds[1]!)).toBe(false);
     expect(store.hasImage(`sha256-${image.manifestDigest.slice(7)}`)).toBe(false);
+    // What was downloaded stays, for the next pull to resume from; its digest is checked again then.
+    const partial = store.partialBlobPath(image.layerDigests[1]!);
+    expect(statSync(partial).size).toBeGreaterThan(0);
 
     // ... and the next pull (as the user, in a new process) completes despite the dead owner's lock files.
     const again = await runAsUser(process.execPath, [driver, `${registry.host}/crash:v1`, root]);
@@ -112,6 +115,9 @@ describe('store crash safety', () => {
     const after = LayerStore.open(root);
     expect(after.verify()).toEqual([]);
     expect(readdirSync(join(after.layerRoot(image.diffIds[1]!), 'usr/share/many')).length).toBe(FILES / 500);
+    // The download is gone once the layer is in, and the blob is not kept.
+    expect(existsSync(partial)).toBe(false);
+    expect(after.hasBlob(image.layerDigests[1]!)).toBe(false);
   });
 
   it('two processes pulling the same image at once both succeed and the store holds each layer once', async () => {
@@ -145,7 +151,7 @@ describe('store crash safety', () => {
     // Root of the image is the first subordinate id on the host, not the user: owners were applied.
     const [, subStart] = readFileSync('/etc/subuid', 'utf8').split('\n').find((l) => l.startsWith(`${testUser()}:`))!.split(':');
     expect(statSync(join(store.layerRoot(image.diffIds[0]!), 'etc/os-release')).uid).toBe(Number(subStart));
-    expect(store.hasBlob(store.readImage(`sha256-${image.manifestDigest.slice(7)}`).layers[1]!.blobDigest!)).toBe(true);
+    expect(store.hasBlob(store.readImage(`sha256-${image.manifestDigest.slice(7)}`).layers[1]!.blobDigest!)).toBe(false);
 
     // The same image from a registry whose big blob was altered: refused by its digest, nothing kept.
     const own = await startRegistry(join(work, 'registry-corrupt'));

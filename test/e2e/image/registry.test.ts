@@ -69,7 +69,10 @@ describe('pullImage from a real registry', () => {
     expect(execFileSync('getfattr', ['--absolute-names', '--only-values', '-n', 'user.overlay.opaque', join(top!, 'var/cache')]).toString()).toBe('y');
     expect(store.readLayerMeta(busybox.diffIds[1]!).compression).toBe('zstd');
     expect(store.readLayerMeta(busybox.diffIds[1]!).owners).toEqual({ 'home/user': [1000, 1000] });
-    expect(store.hasBlob(busybox.layerDigests[2]!)).toBe(true);
+    // Layer blobs are not kept once unpacked (docs/images.md), nor is their download; the config is.
+    for (const digest of busybox.layerDigests) expect(store.hasBlob(digest)).toBe(false);
+    expect(store.hasBlob(result.image.configDigest!)).toBe(true);
+    expect(readdirSync(join(store.root, 'blobs/sha256')).filter((n) => n.startsWith('.'))).toEqual([]);
     // Progress: every blob reaches done, byte counts reach the blob size.
     for (const digest of busybox.layerDigests) {
       const own = events.filter((e) => e.blob === digest);

@@ -19,7 +19,8 @@ describe('unpack session frames', () => {
   ];
   const whole = Buffer.concat(sent);
 
-  it('decodes interleaved jobs however the pipe splits the bytes', async () => {
+  // One-byte reads are 70,000 async iterations: seconds on a loaded machine.
+  it('decodes interleaved jobs however the pipe splits the bytes', { timeout: 60_000 }, async () => {
     for (const size of [1, 5, 9, 10, 4096, whole.length]) {
       const chunks: Buffer[] = [];
       for (let at = 0; at < whole.length; at += size) chunks.push(whole.subarray(at, at + size));
