@@ -53,7 +53,7 @@
 #define TEMP_PREFIX ".envy-sync-tmp."
 
 enum {
-  H_HELLO = 0x01, H_EXEC, H_STDIN, H_STDIN_EOF, H_RESIZE, H_SIGNAL, H_CREDIT, H_FILE, H_WATCH, H_CLOSE, H_PRUNE, H_SHUTDOWN,
+  H_HELLO = 0x01, H_EXEC, H_STDIN, H_STDIN_EOF, H_RESIZE, H_SIGNAL, H_CREDIT, H_FILE, H_WATCH, H_CLOSE, H_PRUNE, H_SHUTDOWN, H_SERVE,
 };
 enum {
   A_HELLO = 0x81, A_STARTED, A_STDOUT, A_STDERR, A_EXIT, A_DATA, A_CREDIT, A_RESULT, A_ERROR = 0x8f,
@@ -1171,10 +1171,14 @@ static void pump_input(struct chan *c) {
   }
 }
 
+static void forget_served(pid_t pid);
+static void handle_serve(uint32_t ch, struct rd *r);
+
 static void reap(void) {
   int status;
   pid_t pid;
   while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+    forget_served(pid);
     for (struct host *h = hosts; h; h = h->next)
       for (struct chan *c = h->chans; c; c = c->next) {
         if (c->kind != K_EXEC || c->pid != pid) continue;
@@ -1247,11 +1251,13 @@ static void handle_frame(uint8_t type, uint32_t ch, const uint8_t *payload, uint
   case H_EXEC:
   case H_FILE:
   case H_WATCH:
+  case H_SERVE:
     if (ch == 0 || c) {
       protocol_error("channel %u is %s", ch, ch == 0 ? "reserved" : "already in use");
       return;
     }
     if (type == H_EXEC) handle_exec(ch, &r);
+    else if (type == H_SERVE) handle_serve(ch, &r);
     else if (type == H_FILE) handle_file(ch, &r);
     else handle_watch(ch, &r);
     return;
@@ -1437,6 +1443,124 @@ static int port_host_present(const struct host *h) {
   struct pollfd p = {.fd = h->port_fd, .events = POLLIN};
   if (poll(&p, 1, 0) < 0) return 0;
   return !(p.revents & POLLHUP);
+}
+
+/* ---------- serve: a second agent on a port of its own, as a user ---------- */
+
+/* The workspace sync's agent (docs/vm.md): started by this agent in one round trip, instead of a
+   root exec and a user exec of shell scripts (each a fork+exec of several programs: hundreds of ms
+   under TCG). Remembered per port, so asking again while it runs is answered with its pid. */
+#define MAX_SERVED 4
+static struct {
+  char name[64];
+  pid_t pid;
+} served[MAX_SERVED];
+
+static void forget_served(pid_t pid) {
+  for (int i = 0; i < MAX_SERVED; i++)
+    if (served[i].pid == pid) served[i].pid = 0;
+}
+
+/* The device of the virtio-serial port called `want`. */
+static int find_port_named(const char *want, char *path, size_t size) {
+  DIR *d = opendir("/sys/class/virtio-ports");
+  if (!d) return -1;
+  struct dirent *e;
+  int found = -1;
+  while (found < 0 && (e = readdir(d)) != NULL) {
+    if (e->d_name[0] == '.') continue;
+    char file[PATH_MAX], name[64] = {0};
+    snprintf(file, sizeof file, "/sys/class/virtio-ports/%s/name", e->d_name);
+    int fd = open(file, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    ssize_t n = read(fd, name, sizeof name - 1);
+    close(fd);
+    if (n <= 0) continue;
+    name[strcspn(name, "\n")] = 0;
+    if (!strcmp(name, want)) found = port_node(e->d_name, path, size);
+  }
+  closedir(d);
+  return found;
+}
+
+/* uid u32, gid u32, port name str, dir str: make `dir` (if given) and hand it and the port to the
+   user, then run this agent's own binary as that user, in a session of its own, on that port.
+   Answers result {errno, pid u32}. */
+static void handle_serve(uint32_t ch, struct rd *r) {
+  uint32_t uid = get_u32(r), gid = get_u32(r);
+  char *name = get_str(r), *dir = get_str(r);
+  char port[PATH_MAX];
+  int exe = -1, status_p[2] = {-1, -1}, slot = -1;
+  if (r->bad || r->n != 0 || !name[0] || strlen(name) >= sizeof served[0].name || uid == UINT32_MAX || gid == UINT32_MAX) {
+    protocol_error("malformed serve request on channel %u", ch);
+    goto out;
+  }
+  for (int i = 0; i < MAX_SERVED; i++) {
+    if (served[i].pid > 0 && !strcmp(served[i].name, name)) {
+      struct buf b = {0};
+      put_u32(&b, 0);
+      put_u32(&b, (uint32_t)served[i].pid);
+      send_built(A_RESULT, ch, &b);
+      goto out;
+    }
+    if (served[i].pid <= 0 && slot < 0) slot = i;
+  }
+  int err = 0;
+  if (slot < 0) err = EAGAIN;
+  else if (find_port_named(name, port, sizeof port) < 0) err = ENOENT;
+  else if (dir[0] && (err = -mkdir_p(dir, 0755)) == 0 && chown(dir, uid, gid) < 0) err = errno;
+  else if (chown(port, uid, gid) < 0) err = errno;
+  else if ((exe = open("/proc/self/exe", O_RDONLY | O_CLOEXEC)) < 0 || pipe2(status_p, O_CLOEXEC) < 0) err = errno;
+  if (err) {
+    send_result(ch, err);
+    goto out;
+  }
+  pid_t pid = fork();
+  if (pid == 0) {
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    signal(SIGPIPE, SIG_DFL);
+    setsid();
+    gid_t g = gid;
+    int null = open("/dev/null", O_RDWR);
+    if (null >= 0) dup2(null, 0), dup2(null, 1);
+    if (setgroups(1, &g) == 0 && setgid(g) == 0 && setuid(uid) == 0 && chdir("/") == 0) {
+      char *args[] = {"envy-agent", "--port", port, NULL};
+      fexecve(exe, args, environ);
+    }
+    int e = errno;
+    ssize_t ignored = write(status_p[1], &e, sizeof e);
+    (void)ignored;
+    _exit(127);
+  }
+  if (pid < 0) {
+    send_result(ch, errno);
+    goto out;
+  }
+  close(status_p[1]);
+  status_p[1] = -1;
+  int e = 0;
+  ssize_t n;
+  do n = read(status_p[0], &e, sizeof e);
+  while (n < 0 && errno == EINTR);
+  if (n == sizeof e) {
+    waitpid(pid, NULL, 0);
+    send_result(ch, e);
+    goto out;
+  }
+  snprintf(served[slot].name, sizeof served[slot].name, "%s", name);
+  served[slot].pid = pid;
+  logmsg("serving %s as %u:%u (pid %d)", name, uid, gid, (int)pid);
+  struct buf b = {0};
+  put_u32(&b, 0);
+  put_u32(&b, (uint32_t)pid);
+  send_built(A_RESULT, ch, &b);
+out:
+  if (exe >= 0) close(exe);
+  for (int i = 0; i < 2; i++) closefd(&status_p[i]);
+  free(name);
+  free(dir);
 }
 
 /* ---------- PID 1 duties ---------- */

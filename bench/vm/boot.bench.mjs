@@ -25,14 +25,23 @@ const prefix = asRoot
   ? `setpriv --reuid=${user} --regid=${user} --init-groups env -i HOME=${home} PATH=/usr/bin:/bin:/usr/sbin:/sbin CI=true ENVY_HOME=${work}/home`
   : `env CI=true ENVY_HOME=${work}/home`;
 const project = join(work, 'project');
-const envy = (args) => `${prefix} sh -c 'cd ${project} && exec ${process.execPath} ${join(root, 'bin/envy.js')} ${args}'`;
+// The reference for exec latency: a namespace env of the same base, measured in the same run.
+const nsProject = join(work, 'project-ns');
+const envyIn = (dir, args) => `${prefix} sh -c 'cd ${dir} && exec ${process.execPath} ${join(root, 'bin/envy.js')} ${args}'`;
+const envy = (args) => envyIn(project, args);
 const sh = (command) => execFileSync('sh', ['-c', command], { stdio: ['ignore', 'ignore', 'inherit'] });
 
+console.log(`load average at start: ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}`);
 try {
   if (!existsSync(join(project, 'env.yaml'))) {
     mkdirSync(project, { recursive: true });
     writeFileSync(join(project, 'env.yaml'), 'name: bench-vm\nbase:\n  debian: bookworm\nbackend:\n  type: vm\n  memory: 1g\n  cpus: 2\n');
     if (asRoot) execFileSync('chown', ['-R', `${user}:${user}`, project]);
+  }
+  if (!existsSync(join(nsProject, 'env.yaml'))) {
+    mkdirSync(nsProject, { recursive: true });
+    writeFileSync(join(nsProject, 'env.yaml'), 'name: bench-ns\nbase:\n  debian: bookworm\n');
+    if (asRoot) execFileSync('chown', ['-R', `${user}:${user}`, nsProject]);
   }
   const started = Date.now();
   sh(envy('up --quiet'));
@@ -45,6 +54,7 @@ try {
   const samples = [];
   for (let i = 0; i < 3; i++) {
     sh(envy('down'));
+    const wallStart = Date.now();
     const t = process.hrtime.bigint();
     sh(envy('exec -- true'));
     samples.push(Number(process.hrtime.bigint() - t) / 1e6);
@@ -52,30 +62,59 @@ try {
     const init = [...consoleLog.matchAll(/(\d+) modules loaded and \S+ mounted in (\d+) ms \(the kernel took (\d+) ms/g)].at(-1);
     const agentAt = [...consoleLog.matchAll(/, (\d+) ms after the kernel started/g)].at(-1);
     const state = JSON.parse(readFileSync(join(envDir(), 'run/vm.json'), 'utf8'));
-    phases.push({ kernelToInit: Number(init?.[3]), modules: Number(init?.[2]), kernelToAgent: Number(agentAt?.[1]), ...state.bootMs });
+    // Host-clock marks from the start of `envy exec`: qemu spawned (vm.json), and the sync process's log
+    // lines of this boot (ISO times): its start, the guest's sync agent connected, the initial sync done.
+    const spawnedAt = Date.parse(state.startedAt) - wallStart;
+    const syncLines = readFileSync(join(envDir(), 'logs/sync.log'), 'utf8')
+      .split('\n')
+      .map((line) => ({ at: Date.parse(line.slice(0, 24)) - wallStart, text: line.slice(25) }))
+      .filter((line) => line.at >= 0);
+    const mark = (re) => syncLines.find((line) => re.test(line.text))?.at;
+    phases.push({
+      kernelToInit: Number(init?.[3]),
+      modules: Number(init?.[2]),
+      kernelToAgent: Number(agentAt?.[1]),
+      ...state.bootMs,
+      spawnedAt,
+      syncStarted: mark(/^sync process started/),
+      syncConnected: mark(/^syncing /),
+      syncDone: mark(/^initial sync done/),
+      total: Math.round(samples.at(-1)),
+    });
   }
   console.log('boot phases (ms; kernel* from the guest clock, the rest from spawning qemu):');
   for (const p of phases) {
     console.log(`  kernel->init ${p.kernelToInit}, modules+root ${p.modules}, kernel->agent ${p.kernelToAgent} | qemu spawn->agent answered ${p.answered}, ->workspace copied ${p.copied}, ->ready ${p.ready}`);
+    console.log(
+      `    from \`envy exec\`: qemu spawned ${p.spawnedAt}, agent answered ${p.spawnedAt + p.answered}, ready ${p.spawnedAt + p.ready}, sync process started ${p.syncStarted ?? '?'}, sync agent connected ${p.syncConnected ?? '?'}, initial sync done ${p.syncDone ?? '?'}, exec returned ${p.total}`,
+    );
   }
   samples.sort((x, y) => x - y);
   const mean = samples.reduce((x, y) => x + y, 0) / samples.length;
   const boots = [{ name: 'envy exec -- true on a stopped VM (boot to first exec)', medianMs: samples[1], meanMs: mean, stddevMs: 0 }];
   sh(envy('up --quiet'));
+  sh(envyIn(nsProject, 'up --quiet'));
   const execs = timeCommands(
     [
       { name: 'node -e 0', command: `${prefix} ${process.execPath} -e 0` },
+      { name: 'envy exec -- true (running namespace env)', command: envyIn(nsProject, 'exec -- true') },
       { name: 'envy exec -- true (running VM)', command: envy('exec -- true') },
     ],
-    { runs: 10, warmup: 2 },
+    { runs: 20, warmup: 3 },
   );
+  const ns = execs.find((r) => /namespace/.test(r.name));
+  const vm = execs.find((r) => /VM/.test(r.name));
+  console.log(`load average: ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}`);
+  console.log(`exec into the VM - exec into the namespace env: ${(vm.medianMs - ns.medianMs).toFixed(1)} ms (target <= 50)`);
   printTable([...boots, ...execs], 'node -e 0');
   console.log('targets: first exec <= 4 s after up under TCG, < 1 s with KVM; exec within 50 ms of a namespace env');
   console.log('anchors: Firecracker <= 125 ms to init; Lima ~23 s (limactl start); Vagrant 15-90 s (vagrant up)');
   sh(envy('down'));
+  sh(envyIn(nsProject, 'down'));
 } finally {
   if (!keep) {
     sh(`${prefix} sh -c 'cd ${project} && ${process.execPath} ${join(root, 'bin/envy.js')} down --rm' || true`);
+    sh(`${prefix} sh -c 'cd ${nsProject} && ${process.execPath} ${join(root, 'bin/envy.js')} down --rm' || true`);
     sh(`${prefix} ${join(root, 'dist/envy-ns')} userns -- rm -rf ${work}/home || true`);
     rmSync(work, { recursive: true, force: true });
   }
