@@ -3,15 +3,13 @@
  * through its channel. Kept apart from runtime.ts (qemu, disks, initramfs) so that `envy exec` into a
  * running VM (src/cli/exec-fast.ts) loads only this and the agent client.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { Arch } from '../../config/types.js';
 import { EnvyError } from '../../errors.js';
 import { environmentPaths } from '../../state/environments.js';
 import { acquireLock, tryAcquireLock, type Lock } from '../../state/lock.js';
 import { isInitAlive } from '../namespace/state.js';
-import { replaceProcessWithEnv } from '../namespace/node-addon.js';
-import { packageRoot } from '../../package-root.js';
 import type { EnvironmentConfig, ProcessSpec } from '../types.js';
 import { AgentClient, AgentErrnoError, execAttached } from './agent-client.js';
 import type { Accel } from './qemu.js';
@@ -153,23 +151,6 @@ export async function connectAgent(id: string, state: VmState, options: AgentCon
     }
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
-}
-
-/**
- * Become dist/envy-vm-exec (native/envy-vm-exec.c), the agent client in C, for this process: the
- * exec fast path's way into a running VM, as envy-ns is into a namespace environment. It takes a
- * port the way connectAgent does (the same lock files) and reports as execInVm does. Returns false,
- * having done nothing, when it cannot (no client built, no addon, the fallback shell channel).
- */
-export function execReplacingProcess(config: EnvironmentConfig, state: VmState, spec: ProcessSpec): false {
-  if (state.channel !== 'agent' || process.env.ENVY_VM_EXEC_NODE === '1') return false;
-  const client = join(packageRoot(), 'dist', 'envy-vm-exec');
-  if (!existsSync(client)) return false;
-  const user = spec.root ? { uid: 0, gid: 0 } : { uid: spec.identity?.uid ?? config.user?.uid ?? 0, gid: spec.identity?.gid ?? config.user?.gid ?? 0 };
-  const args = ['--run', dirname(state.agentSocket), '--ports', String(state.agentPorts ?? 1), '--id', config.id, '--uid', String(user.uid), '--gid', String(user.gid)];
-  if (spec.cwd) args.push('--cwd', spec.cwd);
-  if (spec.tty) args.push('--tty');
-  return replaceProcessWithEnv(client, [...args, '--', ...spec.argv], Object.entries(spec.env).map(([k, v]) => `${k}=${v}`));
 }
 
 /** Run a process in the running VM through its channel; resolves to its exit code (128+n for signal n). */
