@@ -355,19 +355,39 @@ async function guestSide(id: string, record: EnvironmentRecord, guestPath: strin
   const disk = `vm-${guestDiskIdentity(id)}`;
   // Agreements with disks that are gone are worthless: drop them.
   for (const name of existsSync(base) ? readdirSync(base) : []) if (name !== disk) rmSync(join(base, name), { recursive: true, force: true });
+  const transport = new AgentTransport(client, guestPath, record.name);
   return {
-    transport: new AgentTransport(client, guestPath, record.name),
+    transport,
     stateDir: join(base, disk),
     watchGone(onGone) {
       client.onClose(() => onGone(running() ? 'the connection to the sync agent in the VM closed' : 'the VM is not running'));
+      // When the guest's agent dies, qemu keeps our end of the port open and nothing ever answers
+      // again: only a question that stays unanswered tells. A stat of the root every few seconds
+      // costs the guest one wakeup; the next `up` then starts a new process, which starts the agent.
+      let asked = 0;
       const timer = setInterval(() => {
         if (!running()) onGone('the VM is not running');
+        else if (asked && Date.now() - asked > PROBE_TIMEOUT_MS) {
+          onGone(`the sync agent in the VM did not answer for ${PROBE_TIMEOUT_MS / 1000} s`);
+          // What waits on it (the engine's stop too) fails now instead of never.
+          client.close();
+        }
+        else if (!asked) {
+          asked = Date.now();
+          transport.stat('').then(
+            () => (asked = 0),
+            () => (asked = 0),
+          );
+        }
       }, 1_000);
       return () => clearInterval(timer);
     },
     close: () => client.close(),
   };
 }
+
+/** How long the VM's sync agent may leave a stat unanswered before it counts as gone. */
+const PROBE_TIMEOUT_MS = 15_000;
 
 /** The record's description of a watch-synced workspace. */
 export function syncSettings(projectDir: string, workspace: WorkspaceSpec, backend: BackendSpec['type']): NonNullable<EnvironmentRecord['sync']> {
