@@ -124,10 +124,14 @@ describe('backend: vm, the workspace kept live (sync over the agent, and 9p)', (
     expect(first!.slice(1)).toEqual(['1', uid]);
     const { pid } = await syncJson(synced.path);
 
-    ok(await run(synced.path, ['exec', '--root', '--', 'kill', first![0]!]));
-    // Its connection closes: the sync process stops, and the next `up` brings both back.
+    ok(await run(synced.path, ['exec', '--root', '--', 'sh', '-c', `kill ${first![0]!}`]));
+    // qemu keeps the host's end of the port open: the sync process's probe finds nobody answering
+    // and it stops; the next `up` brings both back.
     await waitFor('the sync process gone', () => !alive(pid!), 60_000);
     ok(await run(synced.path, ['up']));
+    // `up` restarts the sync process; its flush returns once it reached the guest again.
+    ok(await run(synced.path, ['sync', '--flush']));
+    expect(syncLog()).toMatch(/did not answer/);
     expect(syncLog()).toMatch(/starting it again/);
     const [again, ...more] = await syncAgents();
     expect(more).toEqual([]);
