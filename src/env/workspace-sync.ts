@@ -362,8 +362,8 @@ async function guestSide(id: string, record: EnvironmentRecord, guestPath: strin
     watchGone(onGone) {
       client.onClose(() => onGone(running() ? 'the connection to the sync agent in the VM closed' : 'the VM is not running'));
       // When the guest's agent dies, qemu keeps our end of the port open and nothing ever answers
-      // again: only a question that stays unanswered tells. A stat of the root every few seconds
-      // costs the guest one wakeup; the next `up` then starts a new process, which starts the agent.
+      // again: only a question that stays unanswered tells. A stat of the root each second (one at a
+      // time) costs the guest a wakeup; the next `up` then starts a new process, which starts the agent.
       let asked = 0;
       const timer = setInterval(() => {
         if (!running()) onGone('the VM is not running');
