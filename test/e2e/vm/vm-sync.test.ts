@@ -139,7 +139,7 @@ describe('backend: vm, the workspace kept live (sync over the agent, and 9p)', (
     expect(again!.slice(1)).toEqual(['1', uid]);
     await hostWrite(join(synced.path, 'hello.txt'), 'after the agent came back\n');
     await waitFor('the host edit in the guest', async () => (await guestRead(synced.path, '/workspace/hello.txt')) === 'after the agent came back\n', 60_000);
-  });
+  }, 300_000);
 
   test('a killed sync process is restarted by up; a change on both sides meanwhile is kept twice', async () => {
     const before = await syncJson(synced.path);
