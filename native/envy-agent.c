@@ -53,7 +53,7 @@
 #define TEMP_PREFIX ".envy-sync-tmp."
 
 enum {
-  H_HELLO = 0x01, H_EXEC, H_STDIN, H_STDIN_EOF, H_RESIZE, H_SIGNAL, H_CREDIT, H_FILE, H_WATCH, H_CLOSE, H_PRUNE, H_SHUTDOWN,
+  H_HELLO = 0x01, H_EXEC, H_STDIN, H_STDIN_EOF, H_RESIZE, H_SIGNAL, H_CREDIT, H_FILE, H_WATCH, H_CLOSE, H_PRUNE, H_SHUTDOWN, H_SERVE,
 };
 enum {
   A_HELLO = 0x81, A_STARTED, A_STDOUT, A_STDERR, A_EXIT, A_DATA, A_CREDIT, A_RESULT, A_ERROR = 0x8f,
@@ -961,6 +961,60 @@ static void service_watch(struct chan *c) {
 
 static void set_nonblock(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
 
+/* What the child of an exec does before it runs the program. */
+struct child_setup {
+  int tty;
+  const char *slave_name;
+  uint32_t uid, gid;
+  const char *cwd;
+  char **argv, **envp;
+  int in_r, out_w, err_w, status_w;
+};
+
+/* vfork: no page tables to copy and no copy-on-write faults in this process afterwards, which under
+   TCG made fork a large share of a short exec. The child uses only `c`, its own locals and syscalls
+   until it execs or _exits, and hands envp to execvpe rather than setting environ (ours, shared).
+   A function of its own, so nothing of handle_exec lives across the vfork. Returns the pid, or -1. */
+static pid_t __attribute__((noinline)) start_child(const struct child_setup *c) {
+  pid_t pid = vfork();
+  if (pid != 0) return pid;
+  sigset_t all;
+  sigemptyset(&all);
+  sigprocmask(SIG_SETMASK, &all, NULL);
+  signal(SIGPIPE, SIG_DFL);
+  setrlimit(RLIMIT_NOFILE, &child_nofile);
+  setsid();
+  const char *stage = "open the terminal";
+  if (c->tty) {
+    int slave = open(c->slave_name, O_RDWR);
+    if (slave < 0 || ioctl(slave, TIOCSCTTY, 0) < 0) goto child_fail;
+    /* The terminal belongs to whoever runs in it (grantpt gave it to us): tty(1), mesg, ssh agree. */
+    if (c->uid != UINT32_MAX && fchown(slave, c->uid, (gid_t)-1) < 0) goto child_fail;
+    dup2(slave, 0), dup2(slave, 1), dup2(slave, 2);
+    if (slave > 2) close(slave);
+  } else {
+    dup2(c->in_r, 0), dup2(c->out_w, 1), dup2(c->err_w, 2);
+  }
+  stage = "set the user";
+  if (c->gid != UINT32_MAX) {
+    gid_t g = c->gid;
+    if (setgroups(1, &g) < 0 || setgid(g) < 0) goto child_fail;
+  }
+  if (c->uid != UINT32_MAX && setuid(c->uid) < 0) goto child_fail;
+  stage = "change to the working directory";
+  if (c->cwd[0] && chdir(c->cwd) < 0) goto child_fail;
+  stage = "run";
+  execvpe(c->argv[0], c->argv, c->envp);
+child_fail: {
+  int e = errno;
+  char msg[256];
+  int n = snprintf(msg, sizeof msg, "%d:%s", e, stage);
+  ssize_t ignored = write(c->status_w, msg, (size_t)n);
+  (void)ignored;
+  _exit(127);
+}
+}
+
 static void handle_exec(uint32_t ch, struct rd *r) {
   uint32_t flags = get_u32(r), uid = get_u32(r), gid = get_u32(r);
   uint16_t rows = get_u16(r), cols = get_u16(r);
@@ -990,46 +1044,9 @@ static void handle_exec(uint32_t ch, struct rd *r) {
   } else if (pipe2(in_p, O_CLOEXEC) < 0 || pipe2(out_p, O_CLOEXEC) < 0 || pipe2(err_p, O_CLOEXEC) < 0) {
     goto fail;
   }
-  pid_t pid = fork();
+  struct child_setup setup = {tty, slave_name, uid, gid, cwd, argv, envp, in_p[0], out_p[1], err_p[1], status_p[1]};
+  pid_t pid = start_child(&setup);
   if (pid < 0) goto fail;
-  if (pid == 0) {
-    sigset_t all;
-    sigemptyset(&all);
-    sigprocmask(SIG_SETMASK, &all, NULL);
-    signal(SIGPIPE, SIG_DFL);
-    setrlimit(RLIMIT_NOFILE, &child_nofile);
-    setsid();
-    const char *stage = "open the terminal";
-    if (tty) {
-      int slave = open(slave_name, O_RDWR);
-      if (slave < 0 || ioctl(slave, TIOCSCTTY, 0) < 0) goto child_fail;
-      /* The terminal belongs to whoever runs in it (grantpt gave it to us): tty(1), mesg, ssh agree. */
-      if (uid != UINT32_MAX && fchown(slave, uid, (gid_t)-1) < 0) goto child_fail;
-      dup2(slave, 0), dup2(slave, 1), dup2(slave, 2);
-      if (slave > 2) close(slave);
-    } else {
-      dup2(in_p[0], 0), dup2(out_p[1], 1), dup2(err_p[1], 2);
-    }
-    stage = "set the user";
-    if (gid != UINT32_MAX) {
-      gid_t g = gid;
-      if (setgroups(1, &g) < 0 || setgid(g) < 0) goto child_fail;
-    }
-    if (uid != UINT32_MAX && setuid(uid) < 0) goto child_fail;
-    stage = "change to the working directory";
-    if (cwd[0] && chdir(cwd) < 0) goto child_fail;
-    stage = "run";
-    environ = envp;
-    execvp(argv[0], argv);
-  child_fail: {
-    int e = errno;
-    char msg[256];
-    int n = snprintf(msg, sizeof msg, "%d:%s", e, stage);
-    ssize_t ignored = write(status_p[1], msg, (size_t)n);
-    (void)ignored;
-    _exit(127);
-  }
-  }
   close(status_p[1]);
   status_p[1] = -1;
   char msg[256];
@@ -1171,10 +1188,14 @@ static void pump_input(struct chan *c) {
   }
 }
 
+static void forget_served(pid_t pid);
+static void handle_serve(uint32_t ch, struct rd *r);
+
 static void reap(void) {
   int status;
   pid_t pid;
   while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+    forget_served(pid);
     for (struct host *h = hosts; h; h = h->next)
       for (struct chan *c = h->chans; c; c = c->next) {
         if (c->kind != K_EXEC || c->pid != pid) continue;
@@ -1247,11 +1268,13 @@ static void handle_frame(uint8_t type, uint32_t ch, const uint8_t *payload, uint
   case H_EXEC:
   case H_FILE:
   case H_WATCH:
+  case H_SERVE:
     if (ch == 0 || c) {
       protocol_error("channel %u is %s", ch, ch == 0 ? "reserved" : "already in use");
       return;
     }
     if (type == H_EXEC) handle_exec(ch, &r);
+    else if (type == H_SERVE) handle_serve(ch, &r);
     else if (type == H_FILE) handle_file(ch, &r);
     else handle_watch(ch, &r);
     return;
@@ -1424,6 +1447,10 @@ static void open_ports(void) {
       logmsg("open %s: %s", paths[i], strerror(errno));
       continue;
     }
+    /* The guest kernel sends SIGIO when a host connects to the port (and when data arrives): it
+       wakes the loop at once, where the 10 ms poll for a host alone cost up to 10 ms per exec. */
+    fcntl(fd, F_SETOWN, getpid());
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_ASYNC);
     host_new(fd, fd, fd);
   }
   if (!hosts) {
@@ -1437,6 +1464,124 @@ static int port_host_present(const struct host *h) {
   struct pollfd p = {.fd = h->port_fd, .events = POLLIN};
   if (poll(&p, 1, 0) < 0) return 0;
   return !(p.revents & POLLHUP);
+}
+
+/* ---------- serve: a second agent on a port of its own, as a user ---------- */
+
+/* The workspace sync's agent (docs/vm.md): started by this agent in one round trip, instead of a
+   root exec and a user exec of shell scripts (each a fork+exec of several programs: hundreds of ms
+   under TCG). Remembered per port, so asking again while it runs is answered with its pid. */
+#define MAX_SERVED 4
+static struct {
+  char name[64];
+  pid_t pid;
+} served[MAX_SERVED];
+
+static void forget_served(pid_t pid) {
+  for (int i = 0; i < MAX_SERVED; i++)
+    if (served[i].pid == pid) served[i].pid = 0;
+}
+
+/* The device of the virtio-serial port called `want`. */
+static int find_port_named(const char *want, char *path, size_t size) {
+  DIR *d = opendir("/sys/class/virtio-ports");
+  if (!d) return -1;
+  struct dirent *e;
+  int found = -1;
+  while (found < 0 && (e = readdir(d)) != NULL) {
+    if (e->d_name[0] == '.') continue;
+    char file[PATH_MAX], name[64] = {0};
+    snprintf(file, sizeof file, "/sys/class/virtio-ports/%s/name", e->d_name);
+    int fd = open(file, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    ssize_t n = read(fd, name, sizeof name - 1);
+    close(fd);
+    if (n <= 0) continue;
+    name[strcspn(name, "\n")] = 0;
+    if (!strcmp(name, want)) found = port_node(e->d_name, path, size);
+  }
+  closedir(d);
+  return found;
+}
+
+/* uid u32, gid u32, port name str, dir str: make `dir` (if given) and hand it and the port to the
+   user, then run this agent's own binary as that user, in a session of its own, on that port.
+   Answers result {errno, pid u32}. */
+static void handle_serve(uint32_t ch, struct rd *r) {
+  uint32_t uid = get_u32(r), gid = get_u32(r);
+  char *name = get_str(r), *dir = get_str(r);
+  char port[PATH_MAX];
+  int exe = -1, status_p[2] = {-1, -1}, slot = -1;
+  if (r->bad || r->n != 0 || !name[0] || strlen(name) >= sizeof served[0].name || uid == UINT32_MAX || gid == UINT32_MAX) {
+    protocol_error("malformed serve request on channel %u", ch);
+    goto out;
+  }
+  for (int i = 0; i < MAX_SERVED; i++) {
+    if (served[i].pid > 0 && !strcmp(served[i].name, name)) {
+      struct buf b = {0};
+      put_u32(&b, 0);
+      put_u32(&b, (uint32_t)served[i].pid);
+      send_built(A_RESULT, ch, &b);
+      goto out;
+    }
+    if (served[i].pid <= 0 && slot < 0) slot = i;
+  }
+  int err = 0;
+  if (slot < 0) err = EAGAIN;
+  else if (find_port_named(name, port, sizeof port) < 0) err = ENOENT;
+  else if (dir[0] && (err = -mkdir_p(dir, 0755)) == 0 && chown(dir, uid, gid) < 0) err = errno;
+  else if (chown(port, uid, gid) < 0) err = errno;
+  else if ((exe = open("/proc/self/exe", O_RDONLY | O_CLOEXEC)) < 0 || pipe2(status_p, O_CLOEXEC) < 0) err = errno;
+  if (err) {
+    send_result(ch, err);
+    goto out;
+  }
+  pid_t pid = fork();
+  if (pid == 0) {
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    signal(SIGPIPE, SIG_DFL);
+    setsid();
+    gid_t g = gid;
+    int null = open("/dev/null", O_RDWR);
+    if (null >= 0) dup2(null, 0), dup2(null, 1);
+    if (setgroups(1, &g) == 0 && setgid(g) == 0 && setuid(uid) == 0 && chdir("/") == 0) {
+      char *args[] = {"envy-agent", "--port", port, NULL};
+      fexecve(exe, args, environ);
+    }
+    int e = errno;
+    ssize_t ignored = write(status_p[1], &e, sizeof e);
+    (void)ignored;
+    _exit(127);
+  }
+  if (pid < 0) {
+    send_result(ch, errno);
+    goto out;
+  }
+  close(status_p[1]);
+  status_p[1] = -1;
+  int e = 0;
+  ssize_t n;
+  do n = read(status_p[0], &e, sizeof e);
+  while (n < 0 && errno == EINTR);
+  if (n == sizeof e) {
+    waitpid(pid, NULL, 0);
+    send_result(ch, e);
+    goto out;
+  }
+  snprintf(served[slot].name, sizeof served[slot].name, "%s", name);
+  served[slot].pid = pid;
+  logmsg("serving %s as %u:%u (pid %d)", name, uid, gid, (int)pid);
+  struct buf b = {0};
+  put_u32(&b, 0);
+  put_u32(&b, (uint32_t)pid);
+  send_built(A_RESULT, ch, &b);
+out:
+  if (exe >= 0) close(exe);
+  for (int i = 0; i < 2; i++) closefd(&status_p[i]);
+  free(name);
+  free(dir);
 }
 
 /* ---------- PID 1 duties ---------- */
@@ -1532,6 +1677,7 @@ int main(int argc, char **argv) {
   sigaddset(&mask, SIGTERM);
   sigaddset(&mask, SIGINT);
   sigaddset(&mask, SIGHUP);
+  sigaddset(&mask, SIGIO);
   sigprocmask(SIG_BLOCK, &mask, NULL);
   sig_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
   if (sig_fd < 0) {
@@ -1641,6 +1787,7 @@ int main(int argc, char **argv) {
         struct signalfd_siginfo si;
         while (read(sig_fd, &si, sizeof si) == sizeof si) {
           if (si.ssi_signo == SIGCHLD) reap();
+          else if (si.ssi_signo == SIGIO) continue; /* a port's host came or data arrived: the loop looks */
           else if (si.ssi_signo == SIGTERM || (si.ssi_signo == SIGINT && is_pid1)) power_off();
           else if (!is_pid1) {
             drop_all_channels();

@@ -51,6 +51,19 @@ if (existsSync(helperSource)) {
   }
 }
 
+// `envy exec` into a running VM becomes this client of the guest agent (native/envy-vm-exec.c), as it
+// becomes envy-ns for a namespace environment. Without it the exec runs through Node's agent client.
+const vmExecSource = join(root, 'native/envy-vm-exec.c');
+if (existsSync(vmExecSource)) {
+  const cc = process.env.CC ?? 'cc';
+  try {
+    execFileSync(cc, ['-O2', '-Wall', '-Wextra', '-Werror', '-std=gnu11', '-o', join(staging, 'envy-vm-exec'), vmExecSource], { stdio: ['ignore', 'inherit', 'pipe'] });
+  } catch (error) {
+    const reason = error.code === 'ENOENT' ? `${cc} is not installed` : (error.stderr?.toString().trim() || error.message.split('\n')[0]);
+    console.error(`envy build: note: no dist/envy-vm-exec (${reason}); envy exec into a VM runs through Node instead (slower)`);
+  }
+}
+
 // The Node-API addon that lets `envy exec` become the helper (native/envy-node.c). Node's headers come
 // with the official binaries (PREFIX/include/node) and Debian's nodejs; without them `envy exec` spawns
 // the helper instead, which works, ~10 ms slower.

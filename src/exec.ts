@@ -17,6 +17,11 @@ export function setDebugSink(sink: ((line: string) => void) | undefined): void {
   debugSink = sink;
 }
 
+/** Whether command lines are being recorded (--debug): then envy spawns its helpers rather than becoming them. */
+export function debugging(): boolean {
+  return debugSink !== undefined;
+}
+
 export function debug(line: string): void {
   debugSink?.(line);
 }

@@ -92,6 +92,8 @@ export async function tryFastExec(args: FastExecArgs, { replace = false } = {}):
     tty: isTerminal(0) && isTerminal(1),
   };
   if (record.backend === 'vm') {
+    // Become the agent client in C (like the helper below); this returns only when that cannot be.
+    if (replace) (await import('../runtime/vm/native-exec.js')).replaceWithNativeExec(config, spec);
     // Only the channel and the agent client: qemu, disks and the initramfs stay out of this path.
     const { execInVm, runningVmState } = await import('../runtime/vm/channel.js');
     const state = runningVmState(record.id);

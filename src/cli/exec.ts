@@ -1,5 +1,6 @@
 /** `envy exec -- CMD...` and `envy shell`: run in the project's environment, starting it if it is down. */
 import { EnvyError } from '../errors.js';
+import { debugging } from '../exec.js';
 import { runtimeFor } from '../runtime/select.js';
 import { tryFastExec } from './exec-fast.js';
 
@@ -47,14 +48,18 @@ export async function run(args: ExecArgs): Promise<number> {
   if (fast !== undefined) return fast;
   const { env, runtime } = await prepare(args);
   const { processEnv } = await lifecycle();
-  return runtime.exec(env.config, {
+  const spec = {
     argv,
     env: processEnv(env.image, env.identity, args.root, extra),
     cwd: args.workdir ?? env.spec.workdir,
     root: args.root,
     identity: env.identity,
     tty: process.stdin.isTTY === true && process.stdout.isTTY === true,
-  });
+  };
+  // A VM just booted for this exec (or a changed env.yaml): nothing follows the command, so become
+  // the C client as the fast path does (unless --debug, which records what runs).
+  if (runtime.backend === 'vm' && !debugging()) (await import('../runtime/vm/native-exec.js')).replaceWithNativeExec(env.config, spec);
+  return runtime.exec(env.config, spec);
 }
 
 export async function runShell(args: { file?: string; root: boolean; quiet: boolean }): Promise<number> {

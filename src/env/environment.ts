@@ -262,15 +262,25 @@ export async function up(project: Project, options: { frozen: boolean; reporter:
       await startWorkspaceSync(id);
       await flushWorkspaceSync(id);
     }
-    await runtime.start(config);
+    // A VM's sync process starts beside the boot: its Node start and its connection to the guest's
+    // sync agent (which the boot starts as soon as the guest answers) overlap the kernel's seconds.
+    const guestSync = record.sync?.guest ? startWorkspaceSync(id) : undefined;
+    guestSync?.catch(() => undefined);
+    try {
+      await runtime.start(config);
+    } catch (error) {
+      if (guestSync) await guestSync.then(() => stopWorkspaceSync(id), () => undefined);
+      throw error;
+    }
     if (record.sync?.guest) {
       // A VM's copy lives in the guest: synced once it answers, before the hooks and the first shell.
       const { runningVmState } = await import('../runtime/vm/channel.js');
       if (runningVmState(id)?.channel === 'agent') {
         options.reporter.report({ type: 'message', text: `syncing ${source.dir} into the VM at ${record.sync.guest} (${record.sync.direction})` });
-        await startWorkspaceSync(id);
+        await guestSync;
         await flushWorkspaceSync(id);
       } else {
+        await guestSync?.then(() => stopWorkspaceSync(id), () => undefined);
         notes.push(`the VM runs without envy's guest agent: ${record.sync.guest} is not synced`);
       }
     }

@@ -175,6 +175,7 @@ export async function runWorkspaceSync(id: string): Promise<number> {
   const log = (line: string): void => {
     process.stderr.write(`${new Date().toISOString()} ${line}\n`);
   };
+  log('sync process started');
   // A flush request can come while the target is still being reached (a VM's sync agent is started
   // first): SIGUSR1 would end the process by default. Requests are served after the initial sync.
   const early = (): void => undefined;
@@ -351,36 +352,63 @@ async function localSide(id: string, record: EnvironmentRecord, copy: string): P
 
 /**
  * A VM: the guest directory, over the sync agent's own port (runtime/vm/guest-sync.ts). `up` starts
- * this process once the VM answers, so a VM that is not running means it is gone. The agreed state
- * of two-way sync is kept per VM disk: a fresh disk starts a fresh agreement, never a mass deletion.
+ * this process beside qemu, so it may find the VM still booting (or not started yet): it waits for
+ * the boot, and once it saw it, a VM whose qemu is gone is gone. The agreed state of two-way sync is
+ * kept per VM disk: a fresh disk starts a fresh agreement, never a mass deletion.
  */
 async function guestSide(id: string, record: EnvironmentRecord, guestPath: string, log: (line: string) => void): Promise<SyncSide> {
-  const [{ connectGuestSync, guestDiskIdentity }, { runningVmState }, { AgentTransport }] = await Promise.all([
+  const [{ connectGuestSync, guestDiskIdentity }, { alive, readState }, { AgentTransport }] = await Promise.all([
     import('../runtime/vm/guest-sync.js'),
     import('../runtime/vm/channel.js'),
     import('../runtime/vm/agent-transport.js'),
   ]);
   const identity = record.exec?.identity;
   if (!identity) throw new EnvyError('STATE', `environment ${id} has no recorded user to sync as`, { hint: 'run envy up again' });
-  const client = await connectGuestSync(id, identity, log);
+  const client = await connectGuestSync(id, identity, guestPath, log);
+  // The boot this connection belongs to: a later boot is another VM as far as this process goes.
+  const boot = readState(id);
+  const running = (): boolean => {
+    const state = readState(id);
+    return state !== undefined && state.pid === boot?.pid && state.startTime === boot.startTime && alive(state.pid, state.startTime);
+  };
   const base = workspaceSyncPaths(id).state;
   const disk = `vm-${guestDiskIdentity(id)}`;
   // Agreements with disks that are gone are worthless: drop them (the mounts' are `DISK.m-*`).
   for (const name of existsSync(base) ? readdirSync(base) : []) if (name !== disk && !name.startsWith(`${disk}.`)) rmSync(join(base, name), { recursive: true, force: true });
+  const transport = new AgentTransport(client, guestPath, record.name);
   return {
-    transport: new AgentTransport(client, guestPath, record.name),
+    transport,
     transportAt: (path) => new AgentTransport(client, path, record.name),
     stateDir: join(base, disk),
     watchGone(onGone) {
-      client.onClose(() => onGone(runningVmState(id) ? 'the connection to the sync agent in the VM closed' : 'the VM is not running'));
+      client.onClose(() => onGone(running() ? 'the connection to the sync agent in the VM closed' : 'the VM is not running'));
+      // When the guest's agent dies, qemu keeps our end of the port open and nothing ever answers
+      // again: only a question that stays unanswered tells. A stat of the root each second (one at a
+      // time) costs the guest a wakeup; the next `up` then starts a new process, which starts the agent.
+      let asked = 0;
       const timer = setInterval(() => {
-        if (!runningVmState(id)) onGone('the VM is not running');
+        if (!running()) onGone('the VM is not running');
+        else if (asked && Date.now() - asked > PROBE_TIMEOUT_MS) {
+          onGone(`the sync agent in the VM did not answer for ${PROBE_TIMEOUT_MS / 1000} s`);
+          // What waits on it (the engine's stop too) fails now instead of never.
+          client.close();
+        }
+        else if (!asked) {
+          asked = Date.now();
+          transport.stat('').then(
+            () => (asked = 0),
+            () => (asked = 0),
+          );
+        }
       }, 1_000);
       return () => clearInterval(timer);
     },
     close: () => client.close(),
   };
 }
+
+/** How long the VM's sync agent may leave a stat unanswered before it counts as gone. */
+const PROBE_TIMEOUT_MS = 15_000;
 
 /** The agreed state of a mount's two-way sync: beside the workspace's, per disk, per guest path. */
 function mountStateDir(workspaceState: string, guest: string): string {

@@ -46,6 +46,13 @@ export function replaceProcess(file: string, args: string[]): false {
   return native.execve(file, [file, ...args], environment());
 }
 
+/** Replace this process with `file args...` running with exactly `env` (KEY=VALUE); false when the addon is unavailable. */
+export function replaceProcessWithEnv(file: string, args: string[], env: string[]): false {
+  const native = loadAddon();
+  if (!native) return false;
+  return native.execve(file, [file, ...args], env);
+}
+
 export interface InheritedChild {
   pid: number;
   /** The exit code (128+n for signal n) and what the child wrote to fd 3 before it exited. */

@@ -289,6 +289,30 @@ export class AgentClient {
     this.fail(new EnvyError('RUNTIME', 'the guest agent connection was closed'));
   }
 
+  /**
+   * Have the agent run a second agent as `uid`:`gid` on the virtio-serial port named `port`, in a
+   * session of its own, after making `dir` (if given) and handing it and the port to that user.
+   * Resolves to its pid in the guest (the running one's, when it was started before and lives).
+   */
+  serve(options: { uid: number; gid: number; port: string; dir?: string }): Promise<number> {
+    const id = this.allocate();
+    return new Promise<number>((resolve, reject) => {
+      this.open(
+        id,
+        (f) => {
+          if (f.type !== A.result) return;
+          this.release(id);
+          const r = new Reader(f.payload);
+          const errno = r.u32();
+          if (errno !== 0) reject(new AgentErrnoError(errno, `guest: serve ${options.port} as ${options.uid}:${options.gid}`));
+          else resolve(r.u32());
+        },
+        reject,
+      );
+      this.sendFrame(H.serve, id, new Writer().u32(options.uid).u32(options.gid).str(options.port).str(options.dir ?? '').done());
+    });
+  }
+
   /** Ask the guest to shut down (processes get SIGTERM, then the VM powers off). */
   async shutdown(): Promise<void> {
     const channel = this.allocate();

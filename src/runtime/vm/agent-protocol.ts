@@ -25,6 +25,7 @@ export const H = {
   close: 0x0a,
   prune: 0x0b,
   shutdown: 0x0c,
+  serve: 0x0d,
 } as const;
 
 /** Frames from the agent to the host. */

@@ -34,7 +34,7 @@ export interface VmState {
   /** What answers on the port: envy-agent, or the fallback shell of envy-init (no agent built). */
   channel: 'agent' | 'shell';
   /** Milliseconds from spawning qemu: the agent answered, the workspace was copied, provisioning done (bench/vm). */
-  bootMs?: { answered: number; copied: number; ready: number };
+  bootMs?: { answered: number; copied: number; ready: number; syncAgent?: number };
   /** Whether this boot resumed a saved boot state, saved one, or booted without (snapshot.ts), and what that took in ms. */
   bootState?: { use: 'restored' | 'saved' | 'off'; ms?: number };
 }

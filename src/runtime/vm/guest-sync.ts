@@ -10,88 +10,100 @@
  * writes belong to that user, as they do on the host, and what it may touch in the guest is what
  * that user may.
  *
- * The agent is started on demand (once per boot, or again if it died) through the control agent:
- * a root exec gives the port and a copy of the agent binary to the user (init keeps its own copy in
- * root's /run/envy), a user exec starts it in a session of its own, so it outlives that exec.
+ * The boot starts it (runtime.ts, as soon as the control agent answers) with one `serve` frame: the
+ * control agent makes the workspace directory, hands it and the port to the user and runs its own
+ * binary as that user in a session of its own. The sync process, started beside qemu, is already
+ * knocking on the port by then. If the agent died later, the sync process starts it the same way.
  */
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { createHash } from 'node:crypto';
-import { PassThrough } from 'node:stream';
 import { EnvyError } from '../../errors.js';
 import { writeFileAtomic } from '../../state/atomic.js';
-import type { EnvironmentConfig, Identity } from '../types.js';
+import type { Identity } from '../types.js';
 import { AgentClient } from './agent-client.js';
-import { execInVm, runningVmState, vmPaths } from './channel.js';
+import { alive, connectAgent, readState, vmPaths, type VmState } from './channel.js';
 import { SYNC_PORT_NAME } from './qemu.js';
 
-const SYNC_AGENT = '/run/envy-sync/agent';
-const PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+/** How long the sync process waits for a VM that `up` is still preparing (a first disk takes a while). */
+const BOOT_WAIT_MS = 10 * 60_000;
 
-/** Run a short shell script in the guest through the control agent; its exit code and output. */
-async function guestScript(id: string, script: string, identity: Identity | undefined): Promise<{ code: number; output: string }> {
-  const state = runningVmState(id);
-  if (!state) throw new EnvyError('RUNTIME', `the VM of ${id} is not running`);
-  let output = '';
-  const sink = new PassThrough();
-  sink.on('data', (chunk: Buffer) => (output += chunk.toString()));
-  const stdin = new PassThrough();
-  stdin.end();
-  const config: EnvironmentConfig = { id, hostname: id, rootfs: { layers: [] }, mounts: [], network: 'none', resources: {}, ...(identity ? { user: identity } : {}) };
-  const code = await execInVm(config, state, { argv: ['/bin/sh', '-c', script], env: { PATH }, cwd: '/', root: !identity, ...(identity ? { identity } : {}), tty: false }, { stdin, stdout: sink, stderr: sink });
-  return { code, output: output.trim() };
+/** Names one boot of the VM: qemu's pid and start time. */
+function bootOf(state: VmState): string {
+  return `${state.pid}:${state.startTime}`;
+}
+
+/** Where the boot the sync agent was last started in is noted. */
+function markerPath(id: string): string {
+  return join(dirname(vmPaths(id).syncSocket), 'sync-agent.boot');
+}
+
+function startedOnBoot(id: string, state: VmState): boolean {
+  const marker = markerPath(id);
+  return existsSync(marker) && readFileSync(marker, 'utf8') === bootOf(state);
 }
 
 /**
- * A connection to the VM's sync agent, starting the agent first when nobody answers on its port.
- * `identity`: the env user it runs as.
+ * Start the VM's sync agent through a connection to the control agent (`client`): one `serve`
+ * frame, answered once the agent runs as `identity` on the port, with `dir` made and given to it.
  */
-export async function connectGuestSync(id: string, identity: Identity, log: (line: string) => void = () => undefined): Promise<AgentClient> {
-  const state = runningVmState(id);
-  if (!state) throw new EnvyError('RUNTIME', `the VM of ${id} is not running`, { hint: 'envy up starts it' });
-  if (state.channel !== 'agent') {
-    throw new EnvyError('RUNTIME', `the VM of ${id} runs without envy's guest agent, so its workspace cannot be synced`, { hint: 'build the agent (npm run build) and run envy up again' });
-  }
-  const socket = vmPaths(id).syncSocket;
-  // qemu accepts at once whether or not the agent runs, so only a connect timing out says it does not.
-  // The marker names the boot the agent was started in: on any other boot, waiting would be for nothing.
-  const marker = join(dirname(socket), 'sync-agent.boot');
-  const boot = `${state.pid}:${state.startTime}`;
-  if (existsSync(marker) && readFileSync(marker, 'utf8') === boot) {
-    try {
-      return await AgentClient.connect(socket, { timeoutMs: 1500, retryMs: 100 });
-    } catch {
-      log('the sync agent in the guest does not answer; starting it again');
+export async function startGuestSyncAgent(client: AgentClient, id: string, state: VmState, identity: Pick<Identity, 'uid' | 'gid'>, dir: string): Promise<void> {
+  try {
+    await client.serve({ uid: identity.uid, gid: identity.gid, port: SYNC_PORT_NAME, dir });
+  } catch (error) {
+    const message = (error as Error).message;
+    if ((error as { code?: string }).code === 'ENOENT' || /unknown frame type/.test(message)) {
+      throw new EnvyError('RUNTIME', `cannot start the sync agent in the VM of ${id}: it was booted by an older envy (no port ${SYNC_PORT_NAME}, or an agent without serve)`, {
+        hint: 'envy down, then envy up',
+      });
     }
+    throw new EnvyError('RUNTIME', `cannot start the sync agent in the VM of ${id}: ${message}`);
   }
-  const owner = `${identity.uid}:${identity.gid}`;
-  const prepared = await guestScript(
-    id,
-    [
-      'set -e',
-      'port=',
-      `for p in /sys/class/virtio-ports/*; do [ "$(cat "$p/name" 2>/dev/null)" = ${SYNC_PORT_NAME} ] && port=/dev/\${p##*/}; done`,
-      `[ -n "$port" ] || { echo "no virtio-serial port named ${SYNC_PORT_NAME} (a VM booted by an older envy: envy down, then envy up)"; exit 1; }`,
-      `chown ${owner} "$port"`,
-      `mkdir -p /run/envy-sync && cp /run/envy/agent ${SYNC_AGENT}.new && chmod 0755 ${SYNC_AGENT}.new && mv -f ${SYNC_AGENT}.new ${SYNC_AGENT}`,
-      'echo "$port"',
-    ].join('\n'),
-    undefined,
-  );
-  const port = prepared.output.split('\n').at(-1) ?? '';
-  if (prepared.code !== 0 || !port.startsWith('/dev/')) {
-    throw new EnvyError('RUNTIME', `cannot start the sync agent in the VM of ${id}: ${prepared.output.split('\n').at(-1) || `exit ${prepared.code}`}`);
+  writeFileAtomic(markerPath(id), bootOf(state));
+}
+
+/** The VM's state once qemu runs (booting or ready); `wait`: while `up` prepares it. */
+async function liveState(id: string, wait: boolean, deadline: number): Promise<VmState> {
+  for (;;) {
+    const state = readState(id);
+    if (state && alive(state.pid, state.startTime)) return state;
+    if (!wait || Date.now() > deadline) throw new EnvyError('RUNTIME', `the VM of ${id} is not running`, { hint: 'envy up starts it' });
+    await new Promise((resolve) => setTimeout(resolve, 25));
   }
-  // setsid: a session of its own, so nothing aimed at this exec's process group reaches it.
-  const started = await guestScript(
-    id,
-    `command -v setsid >/dev/null 2>&1 && s=setsid || s=; $s ${SYNC_AGENT} --port '${port}' </dev/null >/dev/null 2>&1 &`,
-    identity,
-  );
-  if (started.code !== 0) throw new EnvyError('RUNTIME', `cannot start the sync agent in the VM of ${id} (exit ${started.code}): ${started.output}`);
-  const client = await AgentClient.connect(socket, { timeoutMs: 30_000, retryMs: 100 });
-  writeFileAtomic(marker, boot);
-  return client;
+}
+
+/**
+ * A connection to the VM's sync agent. `up` starts the sync process beside qemu: while the VM
+ * boots, this knocks on the port until the agent the boot starts answers. On a running VM whose
+ * agent was not started on this boot, or no longer answers, it starts the agent itself.
+ * `identity`: the env user it runs as; `dir`: the guest's workspace.
+ */
+export async function connectGuestSync(id: string, identity: Identity, dir: string, log: (line: string) => void = () => undefined): Promise<AgentClient> {
+  const socket = vmPaths(id).syncSocket;
+  const deadline = Date.now() + BOOT_WAIT_MS;
+  for (let seen = false; ; seen = true) {
+    const state = await liveState(id, !seen, deadline);
+    if (state.channel !== 'agent') {
+      throw new EnvyError('RUNTIME', `the VM of ${id} runs without envy's guest agent, so its workspace cannot be synced`, { hint: 'build the agent (npm run build) and run envy up again' });
+    }
+    // qemu accepts at once whether or not the agent runs, so only a connect timing out says it does not.
+    const started = startedOnBoot(id, state);
+    if (started || !state.ready) {
+      try {
+        return await AgentClient.connect(socket, { timeoutMs: started ? 1500 : 1000, retryMs: 50 });
+      } catch {
+        if (!started) continue; // still booting, or the boot's start failed: look again
+        log('the sync agent in the guest does not answer; starting it again');
+      }
+    }
+    const control = await connectAgent(id, state, { purpose: `start the sync agent in VM ${id}` });
+    try {
+      await startGuestSyncAgent(control, id, state, identity, dir);
+    } finally {
+      control.close();
+    }
+    return await AgentClient.connect(socket, { timeoutMs: 30_000, retryMs: 50 });
+  }
 }
 
 /**

@@ -25,6 +25,7 @@ import type { EnvironmentConfig, Identity, ProcessSpec, Runtime, RuntimeStatus }
 import { AgentClient } from './agent-client.js';
 import { AGENT_PORTS, agentSocketAt, alive, connectAgent, execInVm, readState, vmPaths, type VmState } from './channel.js';
 import { ShellChannel } from './shell-channel.js';
+import { startGuestSyncAgent } from './guest-sync.js';
 import { buildInitramfs } from './initramfs.js';
 import { withoutNetModules } from './kernel.js';
 import { prepareVmImage, type VmImage } from './image.js';
@@ -392,12 +393,17 @@ export class VmRuntime implements Runtime {
       await this.waitReady(config.id, pid, state.startTime, accel, channel, agentSockets.at(-1)!);
       gated?.connection?.close();
       const answered = Date.now() - started;
+      // The workspace's sync agent starts now, beside the copy and provisioning, on ports of their
+      // own: the sync process (started beside qemu) is knocking already, so its initial sync runs
+      // while provisioning does.
+      const syncAgent = channel === 'agent' ? this.startSyncAgent(config, state) : Promise.resolve(undefined);
       // Copy first: the one provisioning exec then also hands the copies to the env user (an exec
       // under TCG costs a few hundred ms).
       const copied = channel === 'agent' ? await this.copyIn(config, state) : [];
       const copiedAt = Date.now() - started;
       await this.provision(config, state, copied);
-      state.bootMs = { answered, copied: copiedAt, ready: Date.now() - started };
+      const syncAgentAt = await syncAgent;
+      state.bootMs = { answered, copied: copiedAt, ready: Date.now() - started, ...(syncAgentAt !== undefined ? { syncAgent: syncAgentAt - started } : {}) };
       state.ready = true;
       delete state.owner;
       writeFileAtomic(paths.state, `${JSON.stringify(state)}\n`);
@@ -412,6 +418,27 @@ export class VmRuntime implements Runtime {
       gated?.connection?.close();
       process.removeListener('SIGINT', abort);
       process.removeListener('SIGTERM', abort);
+    }
+  }
+
+  /**
+   * The live workspace's agent in the guest (guest-sync.ts), started with one frame to the control
+   * agent; resolves to when it ran (Date.now()), or undefined when nothing is synced. A failure does
+   * not fail the boot: the sync process starts the agent itself and reports what went wrong.
+   */
+  private async startSyncAgent(config: EnvironmentConfig, state: VmState): Promise<number | undefined> {
+    const mount = config.mounts.find((m) => m.vm === 'sync');
+    if (!mount || !config.user) return undefined;
+    try {
+      const client = await connectAgent(config.id, state, { purpose: `start the sync agent in VM ${config.id}` });
+      try {
+        await startGuestSyncAgent(client, config.id, state, config.user, mount.target);
+      } finally {
+        client.close();
+      }
+      return Date.now();
+    } catch {
+      return undefined;
     }
   }
 

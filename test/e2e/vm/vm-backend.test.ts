@@ -5,7 +5,7 @@
  * image's kernel, not the host's.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
@@ -142,6 +142,41 @@ describe('backend: vm (x86_64 guest under qemu)', () => {
     expect(ok(await run(['exec', '--', 'id', '-u'])).stdout.trim()).toBe(uid);
     expect(ok(await run(['exec', '--root', '--', 'id', '-u'])).stdout.trim()).toBe('0');
     expect((await run(['exec', '--', 'no-such-command-here'])).code).toBe(127);
+  });
+
+  test('exec into a running VM becomes the agent client in C: host signals reach the guest process, the port is freed', async () => {
+    // The envy process of an exec whose command line holds `marker` (the exec fast path keeps the pid).
+    const findExec = async (marker: string): Promise<{ pid: number; exe: string }> => {
+      for (let i = 0; i < 400; i++) {
+        for (const pid of readdirSync('/proc').filter((name) => /^\d+$/.test(name))) {
+          try {
+            if (!readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(marker)) continue;
+            const exe = readlinkSync(`/proc/${pid}/exe`);
+            if (exe.endsWith('/envy-vm-exec')) return { pid: Number(pid), exe };
+          } catch {
+            // gone meanwhile
+          }
+        }
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      throw new Error(`no envy-vm-exec process running ${marker}`);
+    };
+    const marker = `marker-${process.pid}-${Date.now()}`;
+    const running = run(['exec', '--', 'sh', '-c', `trap "echo got-term; exit 42" TERM; echo ${marker}; sleep 60 & wait`]);
+    const client = await findExec(marker);
+    expect(client.exe).toBe(join(envyRoot(), 'dist/envy-vm-exec'));
+    // SIGTERM to the client on the host is forwarded to the process's group in the guest.
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    process.kill(client.pid, 'SIGTERM');
+    const result = await running;
+    expect(result.code, result.stdout + result.stderr).toBe(42);
+    expect(result.stdout).toBe(`${marker}\ngot-term\n`);
+    // The port it took is free again: no lock file is left in the VM's run dir.
+    const envDir = join(home.path, 'environments', readdirSync(join(home.path, 'environments')).find((name) => name.startsWith('vmt-'))!);
+    expect(readdirSync(join(envDir, 'run')).filter((name) => /^port-\d+\.lock$/.test(name))).toEqual([]);
+    // The Node client (ENVY_VM_EXEC_NODE=1, also what `envy shell` and hooks use) agrees on codes and output.
+    const viaNode = await envy(['exec', '--', 'sh', '-c', 'echo via node; exit 9'], { cwd: project.path, env: { ENVY_HOME: home.path, CI: 'true', ENVY_VM_EXEC_NODE: '1' } });
+    expect([viaNode.code, viaNode.stdout]).toEqual([9, 'via node\n']);
   });
 
   test('ports: a server in the guest is reached from the host on 127.0.0.1 only', async () => {

@@ -97,6 +97,50 @@ describe('backend: vm, the workspace kept live (sync over the agent, and 9p)', (
     expect((await syncJson(synced.path)).state).toBe('in-sync');
   });
 
+  test('the boot starts the sync agent as the env user; killed in the guest, the next sync process starts it again', async () => {
+    const envDir = join(home.path, 'environments', readdirSync(join(home.path, 'environments')).find((name) => name.startsWith('vms-'))!);
+    const syncLog = (): string => readFileSync(join(envDir, 'logs/sync.log'), 'utf8');
+    // The boot started it with one serve frame to the control agent (bootMs.syncAgent is set only
+    // then), and the sync process, started beside qemu, never had to start it itself.
+    const state = JSON.parse(readFileSync(join(envDir, 'run/vm.json'), 'utf8')) as { bootMs?: { answered: number; syncAgent?: number } };
+    expect(state.bootMs?.syncAgent).toBeGreaterThanOrEqual(state.bootMs!.answered);
+    expect(syncLog()).not.toMatch(/starting it again/);
+    // In the guest: one agent besides PID 1, a child of PID 1 (the control agent forked it) running as the user.
+    const syncAgents = async (): Promise<string[][]> =>
+      ok(
+        await run(synced.path, [
+          'exec', '--root', '--', 'sh', '-c',
+          'for d in /proc/[0-9]*; do tr "\\0" " " < $d/cmdline 2>/dev/null | grep -q -- "^envy-agent --port" && echo ${d#/proc/} $(sed -n "s/^Uid:[[:space:]]*\\([0-9]*\\).*/\\1/p; s/^PPid:[[:space:]]*//p" $d/status); done; true',
+        ]),
+      )
+        .stdout.trim()
+        .split('\n')
+        .filter(Boolean)
+        .map((line) => line.split(' '))
+        .filter(([pid]) => pid !== '1');
+    const uid = String(statSync(synced.path).uid);
+    const [first, ...others] = await syncAgents();
+    expect(others).toEqual([]);
+    expect(first!.slice(1)).toEqual(['1', uid]);
+    const { pid } = await syncJson(synced.path);
+
+    ok(await run(synced.path, ['exec', '--root', '--', 'sh', '-c', `kill ${first![0]!}`]));
+    // qemu keeps the host's end of the port open: the sync process's probe finds nobody answering
+    // and it stops; the next `up` brings both back.
+    await waitFor('the sync process gone', () => !alive(pid!), 60_000);
+    ok(await run(synced.path, ['up']));
+    // `up` restarts the sync process; its flush returns once it reached the guest again.
+    ok(await run(synced.path, ['sync', '--flush']));
+    expect(syncLog()).toMatch(/did not answer/);
+    expect(syncLog()).toMatch(/starting it again/);
+    const [again, ...more] = await syncAgents();
+    expect(more).toEqual([]);
+    expect(again![0]).not.toBe(first![0]);
+    expect(again!.slice(1)).toEqual(['1', uid]);
+    await hostWrite(join(synced.path, 'hello.txt'), 'after the agent came back\n');
+    await waitFor('the host edit in the guest', async () => (await guestRead(synced.path, '/workspace/hello.txt')) === 'after the agent came back\n', 60_000);
+  }, 300_000);
+
   test('a killed sync process is restarted by up; a change on both sides meanwhile is kept twice', async () => {
     const before = await syncJson(synced.path);
     expect(before.running).toBe(true);
