@@ -7,8 +7,7 @@
  */
 import { EnvyError } from '../errors.js';
 import { runStreaming } from '../exec.js';
-import { binfmtArgs, type Emulation } from '../runtime/emulation.js';
-import { ensureHelper } from '../runtime/namespace/helper.js';
+import type { Emulation } from '../runtime/emulation.js';
 
 export const DEFAULT_MIRROR = 'http://deb.debian.org/debian';
 const SNAPSHOT_ARCHIVE = 'http://snapshot.debian.org/archive';
@@ -103,6 +102,8 @@ export async function bootstrapDebian(base: DebianBase, output: string, options:
  * mode; the tarball itself is handed to the keep-id (the host user) so the store can take it.
  */
 async function bootstrapForeign(base: DebianBase, output: string, options: BootstrapOptions, foreign: NonNullable<BootstrapOptions['foreign']>, env: Record<string, string>): Promise<void> {
+  // Loaded here: plan/ renders Dockerfiles from this module's sources and needs none of the runtime.
+  const [{ binfmtArgs }, { ensureHelper }] = await Promise.all([import('../runtime/emulation.js'), import('../runtime/namespace/helper.js')]);
   const script = 'mmdebstrap "$@" && chown "$ENVY_KEEP_ID" "$ENVY_OUTPUT"';
   const args = ['userns', '--keep-id', foreign.keepId, ...binfmtArgs(foreign.emulation), '--', '/bin/sh', '-c', script, 'mmdebstrap', ...mmdebstrapArgs(base, output, options)];
   await runStreaming(ensureHelper(), args, {
