@@ -272,11 +272,13 @@ export class Executor {
     switch (source.kind) {
       case 'debian': {
         const tar = join(store.root, 'layers', tempName('bootstrap'));
+        const work = join(store.root, 'layers', tempName('mmdebstrap'));
         try {
           log.line(`bootstrapping Debian ${source.suite}${source.snapshot ? ` at ${source.snapshot}` : ''} with mmdebstrap`);
           const emulation = this.emulation();
           if (emulation) log.line(`${step.arch} is not this host's architecture: its programs run under qemu-user (${emulation.interpreter}, ${emulation.via === 'userns' ? "registered in the build's user namespace" : 'registered host-wide'})`);
-          const foreign = emulation ? { emulation, keepId: `${identity.uid}:${identity.gid}` } : undefined;
+          if (emulation) mkdirSync(work);
+          const foreign = emulation ? { emulation, keepId: `${identity.uid}:${identity.gid}`, tmpDir: work } : undefined;
           await bootstrapDebian(source, tar, { arch: debianArchOf(step.arch), sourceDateEpoch: this.epoch, onLine: (l) => log.line(l), signal: this.options.signal, ...(foreign ? { foreign } : {}) });
           const meta = await store.addLayer(tar, { label: step.label, createdBy: `mmdebstrap ${source.suite}`, chown: true, unpack });
           if (step.digest && step.digest !== meta.diffId) {
@@ -285,6 +287,7 @@ export class Executor {
           return record([{ diffId: meta.diffId }], { env: [`PATH=${DEFAULT_PATH}`] }, meta.diffId);
         } finally {
           rmSync(tar, { force: true });
+          if (existsSync(work)) await removeTree(work).catch(() => undefined);
         }
       }
       case 'image': {

@@ -31,9 +31,11 @@ export interface BootstrapOptions {
   signal?: AbortSignal;
   /**
    * `arch` is not the host's: its maintainer scripts run under qemu-user (runtime/emulation.ts), and
-   * `keepId` is the build's keep-id map (uid:gid), whose owner the finished tarball gets.
+   * `keepId` is the build's keep-id map (uid:gid), whose owner the finished tarball gets. mmdebstrap's
+   * work dir goes under `tmpDir` (in the store: what a killed bootstrap leaves, owned by subordinate
+   * ids, is swept through the user namespace, which /tmp would keep for good).
    */
-  foreign?: { emulation: Emulation; keepId: string };
+  foreign?: { emulation: Emulation; keepId: string; tmpDir: string };
 }
 
 /** The apt sources for a base, one `deb ...` line each (mmdebstrap writes them into the image too). */
@@ -107,7 +109,7 @@ async function bootstrapForeign(base: DebianBase, output: string, options: Boots
   const script = 'mmdebstrap "$@" && chown "$ENVY_KEEP_ID" "$ENVY_OUTPUT"';
   const args = ['userns', '--keep-id', foreign.keepId, ...binfmtArgs(foreign.emulation), '--', '/bin/sh', '-c', script, 'mmdebstrap', ...mmdebstrapArgs(base, output, options)];
   await runStreaming(ensureHelper(), args, {
-    env: { ...env, ENVY_KEEP_ID: foreign.keepId, ENVY_OUTPUT: output },
+    env: { ...env, ENVY_KEEP_ID: foreign.keepId, ENVY_OUTPUT: output, TMPDIR: foreign.tmpDir },
     onLine: options.onLine,
     cancelSignal: options.signal,
     errorCode: 'BUILD',

@@ -41,7 +41,7 @@ describe('Debian base sources', () => {
   });
 
   test('a foreign architecture bootstraps in root mode (inside envy-ns), without mmdebstrap\'s arch-test check', () => {
-    const foreign = { emulation: { arch: 'aarch64' as const, via: 'host' as const, interpreter: '/q' }, keepId: '1000:1000' };
+    const foreign = { emulation: { arch: 'aarch64' as const, via: 'host' as const, interpreter: '/q' }, keepId: '1000:1000', tmpDir: '/tmp' };
     const args = mmdebstrapArgs({ suite: 'bookworm' }, '/tmp/out.tar', { arch: 'arm64', foreign });
     expect(args.slice(0, 5)).toEqual(['--mode=root', '--variant=minbase', '--architectures=arm64', '--format=tar', '--skip=check/qemu']);
   });
