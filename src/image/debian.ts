@@ -70,8 +70,19 @@ export function mmdebstrapArgs(base: DebianBase, output: string, options: Bootst
   // A foreign architecture bootstraps as root inside envy's user namespace (see bootstrapForeign).
   const mode = options.foreign ? 'root' : 'unshare';
   const args = [`--mode=${mode}`, '--variant=minbase', `--architectures=${options.arch ?? debianArch()}`, '--format=tar'];
-  // envy checked the emulation itself (emulationFor); mmdebstrap's own check needs arch-test installed.
-  if (options.foreign) args.push('--skip=check/qemu');
+  if (options.foreign) {
+    args.push(
+      // envy checked the emulation itself (emulationFor); mmdebstrap's own check needs arch-test installed.
+      '--skip=check/qemu',
+      // Under qemu-user every fsync and every maintainer script is dear. dpkg's fsyncs buy nothing here (a
+      // failed bootstrap is thrown away), and the option is removed from the image at the end.
+      '--dpkgopt=force-unsafe-io',
+      '--customize-hook=rm -f "$1/etc/dpkg/dpkg.cfg.d/99mmdebstrap"',
+      // /usr merged up front (mmdebstrap's merged-usr hook, usr-is-merged) instead of by usrmerge's
+      // conversion script, which would pull perl into the image and run under emulation.
+      '--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr',
+    );
+  }
   if (base.snapshot) {
     // Snapshot Release files are past their Valid-Until by design.
     args.push('--aptopt=Acquire::Check-Valid-Until "false"');
