@@ -11,7 +11,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { arch } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { kernelHasUsernsBinfmt } from '../../../src/runtime/emulation.js';
+import { emulationFor } from '../../../src/runtime/emulation.js';
 import { envy, envyRoot, runAsUser, userTempDir, type RunResult } from '../harness.js';
 
 let project: { path: string; remove: () => void };
@@ -26,11 +26,20 @@ function ok(result: RunResult): RunResult {
   return result;
 }
 
-const canEmulate = arch() === 'x64' && existsSync('/usr/bin/qemu-aarch64-static') && kernelHasUsernsBinfmt();
-const reason = arch() !== 'x64' ? 'the host is not x86_64' : !existsSync('/usr/bin/qemu-aarch64-static') ? 'qemu-user-static is not installed' : 'the kernel is older than 6.7';
-if (!canEmulate || !existsSync('/usr/bin/qemu-system-aarch64')) console.warn(`skipping the arm64 build test: ${canEmulate ? 'qemu-system-aarch64 is not installed' : reason}`);
+/** Why this host cannot run arm64 build steps (the error envy itself would give), if it cannot. */
+function cannotEmulate(): string | undefined {
+  if (arch() !== 'x64') return 'the host is not x86_64';
+  try {
+    emulationFor('aarch64');
+    return undefined;
+  } catch (error) {
+    return (error as Error).message;
+  }
+}
+const skip = cannotEmulate() ?? (existsSync('/usr/bin/qemu-system-aarch64') ? undefined : 'qemu-system-aarch64 is not installed');
+if (skip) console.warn(`skipping the arm64 build test: ${skip}`);
 
-describe.skipIf(!canEmulate || !existsSync('/usr/bin/qemu-system-aarch64'))('an arm64 env built on x86_64 (qemu-user) and booted under TCG', () => {
+describe.skipIf(skip !== undefined)('an arm64 env built on x86_64 (qemu-user) and booted under TCG', () => {
   beforeAll(async () => {
     project = userTempDir('envy-arm64-');
     home = userTempDir('envy-arm64-home-');
