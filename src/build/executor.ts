@@ -492,7 +492,7 @@ export function platformOf(arch: Arch): Platform {
  * A single-platform image (no index to choose from) must still be of the plan's architecture: an amd64
  * image under an arm64 VM kernel would build, then fail to boot.
  */
-function checkPlatform(found: Platform | undefined, wanted: Platform, what: string): Platform {
+export function checkPlatform(found: Platform | undefined, wanted: Platform, what: string): Platform {
   if (found === undefined) return wanted;
   if (found.architecture !== wanted.architecture) {
     throw new EnvyError('IMAGE', `base image ${what} is for ${found.os}/${found.architecture}, but this env builds for ${wanted.os}/${wanted.architecture}`, {
