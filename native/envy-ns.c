@@ -9,6 +9,9 @@
  *   envy-ns exec   --target PID[:START] [process options] -- CMD...
  *   envy-ns userns [--keep-id U:G] [--idmap single] -- CMD...  root in a bare user ns
  *
+ * --binfmt LINE (run and userns) registers a binfmt_misc handler (a qemu-user interpreter, for an
+ * image of another architecture) in the new user namespace's own binfmt_misc instance (Linux >= 6.7).
+ *
  * Exit codes: the workload's own code (128+n when killed by signal n); 125 when
  * the environment could not be set up; 126 when CMD is not executable; 127 when
  * CMD is not found (the same convention as podman and crun).
@@ -97,6 +100,7 @@ static struct {
   char *passwd_line, *group_line, *mkhome;
   char *cgroup;
   char *dns;
+  char *binfmt;
 } cfg = { .status_fd = -1, .overlay = OVL_AUTO, .setup_exit = EXIT_SETUP };
 
 /* Where error reports go: the host side writes them out; init and the workload
@@ -282,7 +286,7 @@ static void usage(void) {
         "environment: --layer DIR (repeat, lowest first) --upper DIR --work DIR --overlay auto|kernel|fuse|copy\n"
         "             --bind SRC:DST[:ro] --tmpfs DST[:SIZE] --hostname NAME --net host|none|private\n"
         "             --keep-id UID:GID --idmap auto|single --passwd LINE --group LINE --mkhome DIR\n"
-        "             --dns TEXT --cgroup DIR --detach --pidfile FILE\n"
+        "             --dns TEXT --cgroup DIR --detach --pidfile FILE --binfmt REGISTER-LINE\n"
         "process:     --uid N --gid N --groups G,G --cwd DIR --env K=V --rlimit NAME=N --tty --status-fd N\n"
         "             --error-prefix TEXT --setup-exit N\n",
         stderr);
@@ -410,6 +414,8 @@ static void parse_args(int argc, char **argv) {
       cfg.cgroup = value;
     } else if (!strcmp(flag, "--dns")) {
       cfg.dns = value;
+    } else if (!strcmp(flag, "--binfmt")) {
+      cfg.binfmt = value;
     } else {
       die_plain("unknown option %s", flag);
     }
@@ -1084,6 +1090,39 @@ static bool is_mount_target(const char *inside) {
   return false;
 }
 
+/* A handler for another architecture's binaries (qemu-user) in this user namespace's own binfmt_misc
+ * instance: since Linux 6.7 each user namespace that mounts binfmt_misc gets its own, and a process
+ * uses the instance of its nearest user namespace that has one. So the host's handlers are neither
+ * seen nor changed, and nested user namespaces (an apt sandbox, a build tool's) inherit this one.
+ * The F flag opens the interpreter now, through `prefix` (the host's root seen from here): it keeps
+ * working after the pivot into a root that has no qemu. The instance lives as long as a mount of it. */
+static void register_binfmt(const char *dir, const char *prefix) {
+  if (mount("binfmt_misc", dir, "binfmt_misc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) {
+    diag_hint = "running another architecture's programs needs Linux 6.7 or later (binfmt_misc per user namespace), "
+                "or a host-wide qemu-user registration with the F flag (apt install qemu-user-static binfmt-support)";
+    die("mount binfmt_misc on %s", dir);
+  }
+  /* :name:type:offset:magic:mask:interpreter:flags (magic and mask are \x-escaped: no raw ':'). */
+  char head[1024];
+  if (snprintf(head, sizeof head, "%s", cfg.binfmt) >= (int)sizeof head) die_plain("--binfmt: line too long");
+  char *flags = strrchr(head, ':');
+  if (!flags || flags == head) die_plain("--binfmt needs :name:type:offset:magic:mask:interpreter:flags");
+  *flags++ = '\0';
+  char *interpreter = strrchr(head, ':');
+  if (!interpreter || interpreter[1] != '/') die_plain("--binfmt: the interpreter must be an absolute path");
+  *interpreter++ = '\0';
+  char line[1200], path[PATH_MAX];
+  snprintf(line, sizeof line, "%s:%s%s:%s", head, prefix, interpreter, flags);
+  snprintf(path, sizeof path, "%s/register", dir);
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) die("open %s", path);
+  if (write(fd, line, strlen(line)) != (ssize_t)strlen(line)) {
+    if (errno == ENOENT) diag_hint = "install qemu-user-static";
+    die("register %s as the binfmt_misc interpreter", interpreter);
+  }
+  close(fd);
+}
+
 /* Inside init, before the workload: build the whole filesystem and pivot into it. */
 static void setup_filesystem(void) {
   if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) {
@@ -1112,6 +1151,7 @@ static void setup_filesystem(void) {
     warn("a fresh /proc was refused (%s); the host's /proc is bound instead (processes outside are visible)", strerror(err));
   }
   close(fd);
+  if (cfg.binfmt) register_binfmt(NEWROOT "/proc/sys/fs/binfmt_misc", OLD);
   setup_dev();
   /* A private network namespace may have its own sysfs (showing only its interfaces); the host's
    * network keeps the host's /sys, bound read-only mount by mount. */
@@ -1678,7 +1718,9 @@ static int userns_mode(void) {
   sigset_t set;
   forward_set(&set);
   sigprocmask(SIG_BLOCK, &set, NULL);
-  pid_t child = clone_namespaces(CLONE_NEWUSER);
+  /* With --binfmt, a mount namespace of its own keeps the binfmt_misc mount (and the programs'
+   * mounts, e.g. a bootstrap's) off the host's tree. */
+  pid_t child = clone_namespaces(CLONE_NEWUSER | (cfg.binfmt ? CLONE_NEWNS : 0));
   if (child == 0) {
     close(go[1]);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -1689,6 +1731,10 @@ static int userns_mode(void) {
     sigprocmask(SIG_SETMASK, &none, NULL);
     if (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0) die("become root in the user namespace");
     if (plan.full && setgroups(0, NULL) < 0) die("setgroups");
+    if (cfg.binfmt) {
+      if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0) die("make / a slave in the new mount namespace");
+      register_binfmt("/proc/sys/fs/binfmt_misc", "");
+    }
     execvp(cfg.argv[0], cfg.argv);
     int err = errno;
     fprintf(stderr, "envy-ns: %s: %s\n", cfg.argv[0], strerror(err));

@@ -14,14 +14,16 @@ import { EnvyError } from '../errors.js';
 import { bootstrapDebian } from '../image/debian.js';
 import { createHostBaseLayer } from '../image/host.js';
 import { importOci } from '../image/oci-import.js';
-import { pullImage } from '../image/registry.js';
-import type { ImageConfig, ImageLayer, ImageRecord, LayerStore, Unpacker } from '../image/store.js';
+import { hostPlatform, pullImage } from '../image/registry.js';
+import type { ImageConfig, ImageLayer, ImageRecord, LayerStore, Platform, Unpacker } from '../image/store.js';
 import { tempName } from '../image/temp.js';
 import type { Reporter } from '../cli/ui/events.js';
 import { packageName, pinnedRequest } from '../plan/packages.js';
 import { KERNEL_MARKER, kernelFileScript, kernelScript } from '../plan/kernel.js';
 import type { BaseStep, BuildPlan, FilesStep, KernelStep, PackagesStep, RunStep, Step, UserStep } from '../plan/types.js';
 import { NamespaceRuntime } from '../runtime/namespace/runtime.js';
+import { debianArchOf, emulationFor, type Emulation } from '../runtime/emulation.js';
+import type { Arch } from '../config/types.js';
 import type { EnvironmentConfig, Identity, MountRequest, ProcessSpec } from '../runtime/types.js';
 import { cacheDir } from '../state/paths.js';
 import { AptDownloadProgress } from './apt-progress.js';
@@ -127,6 +129,7 @@ class StepLog {
 export class Executor {
   private readonly resolved: ResolvedVersions = { packages: { apt: {}, npm: {}, pip: {} } };
   private epoch: number | undefined;
+  private foreign: { emulation: Emulation | undefined } | undefined;
 
   constructor(private readonly options: BuildOptions) {}
 
@@ -216,6 +219,22 @@ export class Executor {
     }
   }
 
+  /** The plan's architecture (its base step's): the VM's, or the host's. */
+  private arch(): Arch {
+    const base = this.options.plan.steps[0];
+    if (base?.kind !== 'base') throw new EnvyError('INTERNAL', `plan ${this.options.plan.name} does not start with its base`);
+    return base.arch;
+  }
+
+  /**
+   * How the plan's programs run here: undefined for the host's own architecture, else qemu-user
+   * (runtime/emulation.ts). Asked only when a step must run, so a fully cached plan needs no qemu.
+   */
+  private emulation(): Emulation | undefined {
+    this.foreign ??= { emulation: emulationFor(this.arch()) };
+    return this.foreign.emulation;
+  }
+
   private derive(step: Step, parent: ImageRecord, layers: ImageLayer[], config: Partial<ImageConfig>): ImageRecord {
     return {
       key: step.key,
@@ -243,17 +262,24 @@ export class Executor {
   private async baseLayers(step: BaseStep, log: StepLog, unpack: Unpacker): Promise<ImageRecord> {
     const { store, reporter, identity } = this.options;
     const removeTree = (path: string): Promise<void> => removeInUserNamespace(identity, [path]).then(() => undefined);
+    // What the image is built for, so an export says so (an arm64 image built on x86_64 is arm64).
+    let platform: Platform = platformOf(step.arch);
     const record = (layers: ImageLayer[], config: ImageConfig, digest: string | undefined): ImageRecord => {
       this.resolved.baseDigest = digest;
-      return { key: step.key, source: step.label, ...(digest ? { manifestDigest: digest } : {}), layers, config, createdAt: new Date().toISOString() };
+      return { key: step.key, source: step.label, ...(digest ? { manifestDigest: digest } : {}), layers, config, platform, createdAt: new Date().toISOString() };
     };
     const source = step.source;
     switch (source.kind) {
       case 'debian': {
         const tar = join(store.root, 'layers', tempName('bootstrap'));
+        const work = join(store.root, 'layers', tempName('mmdebstrap'));
         try {
           log.line(`bootstrapping Debian ${source.suite}${source.snapshot ? ` at ${source.snapshot}` : ''} with mmdebstrap`);
-          await bootstrapDebian(source, tar, { arch: step.arch === 'aarch64' ? 'arm64' : 'amd64', sourceDateEpoch: this.epoch, onLine: (l) => log.line(l), signal: this.options.signal });
+          const emulation = this.emulation();
+          if (emulation) log.line(`${step.arch} is not this host's architecture: its programs run under qemu-user (${emulation.interpreter}, ${emulation.via === 'userns' ? "registered in the build's user namespace" : 'registered host-wide'})`);
+          if (emulation) mkdirSync(work);
+          const foreign = emulation ? { emulation, keepId: `${identity.uid}:${identity.gid}`, tmpDir: work } : undefined;
+          await bootstrapDebian(source, tar, { arch: debianArchOf(step.arch), sourceDateEpoch: this.epoch, onLine: (l) => log.line(l), signal: this.options.signal, ...(foreign ? { foreign } : {}) });
           const meta = await store.addLayer(tar, { label: step.label, createdBy: `mmdebstrap ${source.suite}`, chown: true, unpack });
           if (step.digest && step.digest !== meta.diffId) {
             log.line(`note: env.lock pins ${step.digest}; this bootstrap gave ${meta.diffId} (an unpinned base drifts with the mirror)`);
@@ -261,20 +287,24 @@ export class Executor {
           return record([{ diffId: meta.diffId }], { env: [`PATH=${DEFAULT_PATH}`] }, meta.diffId);
         } finally {
           rmSync(tar, { force: true });
+          if (existsSync(work)) await removeTree(work).catch(() => undefined);
         }
       }
       case 'image': {
         const ref = step.digest ? `${source.ref.replace(/@sha256:[0-9a-f]{64}$/, '')}@${step.digest}` : source.ref;
         const pulled = await pullImage(ref, store, {
+          platform,
           unpack,
           chown: true,
           removeTree,
           onProgress: (p) => reporter.report({ type: 'download', id: p.blob, label: p.blob.slice(7, 19), done: p.done, total: p.total }),
         });
+        platform = checkPlatform(pulled.image.platform, platform, source.ref);
         return record(pulled.image.layers, pulled.image.config, pulled.manifestDigest);
       }
       case 'oci': {
-        const imported = await importOci(join(this.options.projectDir, source.path), store, { unpack, chown: true, removeTree });
+        const imported = await importOci(join(this.options.projectDir, source.path), store, { platform, unpack, chown: true, removeTree });
+        platform = checkPlatform(imported.image.platform, platform, source.path);
         return record(imported.image.layers, imported.image.config, imported.digest);
       }
       case 'host': {
@@ -359,6 +389,7 @@ export class Executor {
         network: 'host',
         user: identity,
         resources: {},
+        ...binfmtConfig(this.emulation()),
       };
       // What the image and the step set wins over the host's proxy and index settings.
       const env: Record<string, string> = { ...buildPassthroughEnv(), ...envFromList(parent.config.env), ...(how.env ?? {}) };
@@ -450,6 +481,29 @@ export class Executor {
       if (manager === step.manager && name && version) this.resolved.packages[step.manager][name] = version;
     }
   }
+}
+
+/** The OCI platform of an architecture envy builds for. */
+export function platformOf(arch: Arch): Platform {
+  return hostPlatform(arch === 'aarch64' ? 'arm64' : 'x64');
+}
+
+/**
+ * A single-platform image (no index to choose from) must still be of the plan's architecture: an amd64
+ * image under an arm64 VM kernel would build, then fail to boot.
+ */
+export function checkPlatform(found: Platform | undefined, wanted: Platform, what: string): Platform {
+  if (found === undefined) return wanted;
+  if (found.architecture !== wanted.architecture) {
+    throw new EnvyError('IMAGE', `base image ${what} is for ${found.os}/${found.architecture}, but this env builds for ${wanted.os}/${wanted.architecture}`, {
+      hint: 'use an image (or a multi-platform index) for that architecture, or change backend.arch',
+    });
+  }
+  return found;
+}
+
+function binfmtConfig(emulation: Emulation | undefined): { binfmt?: string } {
+  return emulation?.via === 'userns' ? { binfmt: emulation.register } : {};
 }
 
 export function envFromList(list: string[]): Record<string, string> {

@@ -9,6 +9,8 @@ import { delimiter, dirname, join } from 'node:path';
 import { tryRun } from '../exec.js';
 import { packageRoot } from '../package-root.js';
 import { detectCgroupDelegation, rlimitFallback } from '../runtime/namespace/limits.js';
+import { emulationFor } from '../runtime/emulation.js';
+import { EnvyError } from '../errors.js';
 import { stateDir } from '../state/paths.js';
 
 export type Severity = 'required' | 'recommended' | 'optional';
@@ -235,6 +237,29 @@ function checkExecAddon(): CheckResult {
   };
 }
 
+/**
+ * Building an image of the other architecture (an arm64 VM's on x86_64): its build steps run under
+ * qemu-user. The registration envy would make is made for real in a throwaway user namespace.
+ */
+async function checkForeignBuild(): Promise<CheckResult> {
+  const arch = process.arch === 'arm64' ? 'x86_64' : 'aarch64';
+  const base = { id: 'foreign-build', title: `building ${arch} images (qemu-user)`, severity: 'optional' as const };
+  let emulation;
+  try {
+    emulation = emulationFor(arch);
+  } catch (error) {
+    if (!(error instanceof EnvyError)) throw error;
+    return { ...base, ok: false, detail: error.message, fix: error.hint, ...(error.message.includes('not installed') ? { aptPackage: 'qemu-user-static' } : {}) };
+  }
+  if (!emulation) return { ...base, ok: true, detail: 'native' };
+  if (emulation.via === 'host') return { ...base, ok: true, detail: `the host's binfmt_misc handler (${emulation.interpreter}, F flag)` };
+  const helper = process.env.ENVY_NS_HELPER ?? join(packageRoot(), 'dist', 'envy-ns');
+  const name = emulation.register.split(':')[1];
+  const probe = await tryRun(helper, ['userns', '--binfmt', emulation.register, '--', 'cat', `/proc/sys/fs/binfmt_misc/${name}`], { timeout: 5000 });
+  if (probe && /^enabled$/m.test(String(probe.stdout))) return { ...base, ok: true, detail: `${emulation.interpreter}, registered in the build's own user namespace` };
+  return { ...base, ok: false, detail: `registering ${emulation.interpreter} in a user namespace failed`, fix: 'sudo apt-get install -y binfmt-support (a host-wide registration with the F flag)' };
+}
+
 function checkCgroups(): CheckResult {
   const base = { id: 'cgroups', title: 'resource limits', severity: 'optional' as const };
   // The runtime's own detection, so doctor says exactly what `resources` will get.
@@ -266,7 +291,7 @@ function checkDisk(): CheckResult {
 }
 
 export async function runChecks(): Promise<CheckResult[]> {
-  const [userns, overlay] = await Promise.all([checkUserNamespaces(), checkOverlay()]);
+  const [userns, overlay, foreign] = await Promise.all([checkUserNamespaces(), checkOverlay(), checkForeignBuild()]);
   return [
     userns,
     ...checkSubordinateIds(),
@@ -286,6 +311,7 @@ export async function runChecks(): Promise<CheckResult[]> {
     checkProgram('ssh-keygen', 'ssh-keygen (envy ssh-config)', 'ssh-keygen', 'openssh-client', 'optional', 'needed to make the keys of `envy ssh-config` / `envy attach`'),
     checkKvm(),
     checkCrossAgent(),
+    foreign,
     checkCgroups(),
     checkDisk(),
   ];

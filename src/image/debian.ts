@@ -7,6 +7,7 @@
  */
 import { EnvyError } from '../errors.js';
 import { runStreaming } from '../exec.js';
+import type { Emulation } from '../runtime/emulation.js';
 
 export const DEFAULT_MIRROR = 'http://deb.debian.org/debian';
 const SNAPSHOT_ARCHIVE = 'http://snapshot.debian.org/archive';
@@ -28,6 +29,13 @@ export interface BootstrapOptions {
   sourceDateEpoch?: number;
   onLine?: (line: string) => void;
   signal?: AbortSignal;
+  /**
+   * `arch` is not the host's: its maintainer scripts run under qemu-user (runtime/emulation.ts), and
+   * `keepId` is the build's keep-id map (uid:gid), whose owner the finished tarball gets. mmdebstrap's
+   * work dir goes under `tmpDir` (in the store: what a killed bootstrap leaves, owned by subordinate
+   * ids, is swept through the user namespace, which /tmp would keep for good).
+   */
+  foreign?: { emulation: Emulation; keepId: string; tmpDir: string };
 }
 
 /** The apt sources for a base, one `deb ...` line each (mmdebstrap writes them into the image too). */
@@ -59,7 +67,22 @@ export function debianArch(nodeArch: string = process.arch): string {
 }
 
 export function mmdebstrapArgs(base: DebianBase, output: string, options: BootstrapOptions = {}): string[] {
-  const args = ['--mode=unshare', '--variant=minbase', `--architectures=${options.arch ?? debianArch()}`, '--format=tar'];
+  // A foreign architecture bootstraps as root inside envy's user namespace (see bootstrapForeign).
+  const mode = options.foreign ? 'root' : 'unshare';
+  const args = [`--mode=${mode}`, '--variant=minbase', `--architectures=${options.arch ?? debianArch()}`, '--format=tar'];
+  if (options.foreign) {
+    args.push(
+      // envy checked the emulation itself (emulationFor); mmdebstrap's own check needs arch-test installed.
+      '--skip=check/qemu',
+      // Under qemu-user every fsync and every maintainer script is dear. dpkg's fsyncs buy nothing here (a
+      // failed bootstrap is thrown away), and the option is removed from the image at the end.
+      '--dpkgopt=force-unsafe-io',
+      '--customize-hook=rm -f "$1/etc/dpkg/dpkg.cfg.d/99mmdebstrap"',
+      // /usr merged up front (mmdebstrap's merged-usr hook, usr-is-merged) instead of by usrmerge's
+      // conversion script, which would pull perl into the image and run under emulation.
+      '--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr',
+    );
+  }
   if (base.snapshot) {
     // Snapshot Release files are past their Valid-Until by design.
     args.push('--aptopt=Acquire::Check-Valid-Until "false"');
@@ -73,11 +96,34 @@ export function mmdebstrapArgs(base: DebianBase, output: string, options: Bootst
 export async function bootstrapDebian(base: DebianBase, output: string, options: BootstrapOptions = {}): Promise<void> {
   const env: Record<string, string> = {};
   if (options.sourceDateEpoch !== undefined) env.SOURCE_DATE_EPOCH = String(options.sourceDateEpoch);
+  if (options.foreign) return bootstrapForeign(base, output, options, options.foreign, env);
   await runStreaming('mmdebstrap', mmdebstrapArgs(base, output, options), {
     env,
     onLine: options.onLine,
     cancelSignal: options.signal,
     errorCode: 'BUILD',
     hint: 'mmdebstrap needs network to the Debian mirror and subordinate ids (envy doctor checks both)',
+  });
+}
+
+/**
+ * Another architecture's base. mmdebstrap's unshare mode makes a user namespace of its own, a child of
+ * the host's, where envy's binfmt_misc registration is not seen; and chrootless mode fails on bookworm's
+ * usrmerge. So mmdebstrap runs in root mode inside envy-ns's user namespace (full subordinate map, a
+ * mount namespace of its own, qemu-user registered there), which mmdebstrap supports ("root mode inside
+ * an unshared user namespace"). Files in the tarball get the owners of that namespace, as in unshare
+ * mode; the tarball itself is handed to the keep-id (the host user) so the store can take it.
+ */
+async function bootstrapForeign(base: DebianBase, output: string, options: BootstrapOptions, foreign: NonNullable<BootstrapOptions['foreign']>, env: Record<string, string>): Promise<void> {
+  // Loaded here: plan/ renders Dockerfiles from this module's sources and needs none of the runtime.
+  const [{ binfmtArgs }, { ensureHelper }] = await Promise.all([import('../runtime/emulation.js'), import('../runtime/namespace/helper.js')]);
+  const script = 'mmdebstrap "$@" && chown "$ENVY_KEEP_ID" "$ENVY_OUTPUT"';
+  const args = ['userns', '--keep-id', foreign.keepId, ...binfmtArgs(foreign.emulation), '--', '/bin/sh', '-c', script, 'mmdebstrap', ...mmdebstrapArgs(base, output, options)];
+  await runStreaming(ensureHelper(), args, {
+    env: { ...env, ENVY_KEEP_ID: foreign.keepId, ENVY_OUTPUT: output, TMPDIR: foreign.tmpDir },
+    onLine: options.onLine,
+    cancelSignal: options.signal,
+    errorCode: 'BUILD',
+    hint: `bootstrapping ${options.arch ?? 'a foreign architecture'} under qemu-user (${foreign.emulation.interpreter}) failed: see the lines above`,
   });
 }

@@ -183,7 +183,7 @@ function baseStep(
   lock: EnvLock | undefined,
   arch: Arch,
 ): { step: Omit<BaseStep, 'key' | 'parent'>; keyInputs: Record<string, Canonical> } {
-  const digest = lockedBaseDigest(source, lock);
+  const digest = lockedBaseDigest(source, lock, arch);
   const step: Omit<BaseStep, 'key' | 'parent'> = { kind: 'base', source, arch, label: describeBase(source) };
   if (digest !== undefined) {
     step.digest = digest;

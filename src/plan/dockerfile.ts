@@ -10,7 +10,7 @@
  * shell form cannot carry verbatim (several lines, a leading `[` or `-`, a
  * heredoc) uses the JSON exec form with the full shell argv.
  */
-import type { EnvSpec } from '../config/types.js';
+import type { Arch, EnvSpec } from '../config/types.js';
 import { sourcesFor } from '../image/debian.js';
 import { EnvyError } from '../errors.js';
 import { quoteArg } from '../exec.js';
@@ -49,7 +49,7 @@ export function renderDockerfile(plan: BuildPlan, spec: EnvSpec): string {
     out.push('', `# ${index + 1}/${plan.steps.length} ${step.kind} ${step.key.slice(0, 12)}: ${oneLine(step.label)}`);
     switch (step.kind) {
       case 'base':
-        out.push(...baseLines(step));
+        out.push(...withPlatform(baseLines(step), spec.backend.type === 'vm' ? step.arch : undefined));
         return;
       case 'kernel':
         useShell(DEFAULT_SHELL);
@@ -100,6 +100,16 @@ function sameArgv(a: string[], b: string[]): boolean {
 
 function oneLine(text: string): string {
   return text.replace(/[\r\n]+/g, ' ');
+}
+
+/**
+ * A VM's image is for its `backend.arch`, whatever builds it: say so on FROM (podman and docker then
+ * pull that platform and run the steps under qemu-user, as envy does). A namespace env is the host's.
+ */
+function withPlatform(lines: string[], arch: Arch | undefined): string[] {
+  if (arch === undefined) return lines;
+  const platform = arch === 'aarch64' ? 'linux/arm64' : 'linux/amd64';
+  return lines.map((line) => (line.startsWith('FROM ') && line !== 'FROM scratch' ? `FROM --platform=${platform} ${line.slice(5)}` : line));
 }
 
 function baseLines(step: BaseStep): string[] {

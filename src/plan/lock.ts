@@ -8,7 +8,8 @@
  */
 import { readFileSync } from 'node:fs';
 import { isMap, isNode, isScalar, LineCounter, parseDocument, stringify, type Document } from 'yaml';
-import type { BaseSource, EnvSpec } from '../config/types.js';
+import type { Arch, BaseSource, EnvSpec } from '../config/types.js';
+import { hostArch } from '../config/normalize.js';
 import { EnvyError } from '../errors.js';
 import { formatReference, parseReference } from '../image/reference.js';
 import { writeFileAtomic } from '../state/atomic.js';
@@ -51,9 +52,22 @@ export function sameBase(a: BaseSource, b: BaseSource): boolean {
   return canonicalDigest(baseIdentity(a)) === canonicalDigest(baseIdentity(b));
 }
 
-/** The lock's base digest when the lock was written for this very base. */
-export function lockedBaseDigest(base: BaseSource, lock: EnvLock | undefined): string | undefined {
-  return lock && sameBase(lock.base, base) ? lock.base.digest : undefined;
+/**
+ * The architecture a lock's base digest is for: a VM's is written down (base.arch); a lock without one
+ * was written for the host's. A base's digest differs per architecture (an index entry, a bootstrap).
+ */
+export function lockedArch(lock: EnvLock): Arch {
+  return lock.base.arch ?? hostArch();
+}
+
+/** The architecture an env.yaml builds for, as env.lock records it: only a VM names one. */
+function specArch(spec: EnvSpec): Arch | undefined {
+  return spec.backend.type === 'vm' ? spec.backend.arch : undefined;
+}
+
+/** The lock's base digest when the lock was written for this very base and architecture. */
+export function lockedBaseDigest(base: BaseSource, lock: EnvLock | undefined, arch: Arch = hostArch()): string | undefined {
+  return lock && sameBase(lock.base, base) && lockedArch(lock) === arch ? lock.base.digest : undefined;
 }
 
 function describeKernel(name: string | undefined, file: string | undefined): string {
@@ -119,6 +133,8 @@ export function lockFromSpec(spec: EnvSpec): EnvLock {
     for (const name of packageList(spec, manager)) packages[manager][name] = null;
   }
   const lock: EnvLock = { lockfileVersion: LOCKFILE_VERSION, specDigest: specDigestOf(spec, sections), sections, base: { ...spec.base }, packages };
+  const arch = specArch(spec);
+  if (arch !== undefined) lock.base.arch = arch;
   const kernel = kernelPackage(spec);
   if (kernel !== undefined) lock.kernel = { package: kernel };
   else if (spec.backend.type === 'vm' && spec.backend.kernelFile !== undefined) lock.kernel = { file: spec.backend.kernelFile };
@@ -132,7 +148,7 @@ export function lockFromSpec(spec: EnvSpec): EnvLock {
 export function refreshLock(spec: EnvSpec, previous: EnvLock | undefined): EnvLock {
   const lock = lockFromSpec(spec);
   if (!previous) return lock;
-  const digest = lockedBaseDigest(spec.base, previous);
+  const digest = lockedBaseDigest(spec.base, previous, lock.base.arch);
   if (digest !== undefined) lock.base.digest = digest;
   for (const manager of MANAGERS) {
     for (const name of Object.keys(lock.packages[manager])) {
@@ -160,6 +176,8 @@ export function checkFrozen(spec: EnvSpec, lock: EnvLock | undefined): void {
   }
   const problems: string[] = [];
   if (!sameBase(lock.base, spec.base)) problems.push(`base changed from ${describeBase(lock.base)} to ${describeBase(spec.base)}`);
+  const arch = specArch(spec) ?? hostArch();
+  if (lockedArch(lock) !== arch) problems.push(`backend: the architecture changed from ${lockedArch(lock)} to ${arch}`);
   for (const manager of MANAGERS) {
     const wanted = packageList(spec, manager);
     const locked = Object.keys(lock.packages[manager]);
@@ -207,6 +225,7 @@ export function renderLock(lock: EnvLock): string {
     if (source.mirror !== undefined) base.mirror = source.mirror;
   } else if (source.kind === 'image') base.ref = source.ref;
   else if (source.kind === 'oci') base.path = source.path;
+  if (source.arch !== undefined) base.arch = source.arch;
   if (source.digest !== undefined) base.digest = source.digest;
   const sections: Record<string, string> = {};
   for (const section of SECTIONS) sections[section] = lock.sections[section];
@@ -359,10 +378,11 @@ class LockReader {
     const raw = this.map(path);
     const optional = (key: string) => (raw[key] === undefined ? undefined : this.string([...path, key], raw[key]));
     const digest = raw.digest === undefined ? undefined : this.digest([...path, 'digest'], raw.digest);
+    const arch = raw.arch === undefined ? undefined : this.arch([...path, 'arch'], raw.arch);
     let base: LockedBase;
     switch (raw.kind) {
       case 'debian': {
-        this.only(path, raw, ['kind', 'suite', 'snapshot', 'mirror', 'digest']);
+        this.only(path, raw, ['kind', 'suite', 'snapshot', 'mirror', 'arch', 'digest']);
         base = { kind: 'debian', suite: this.string([...path, 'suite'], raw.suite) };
         const snapshot = optional('snapshot');
         const mirror = optional('mirror');
@@ -371,22 +391,28 @@ class LockReader {
         break;
       }
       case 'image':
-        this.only(path, raw, ['kind', 'ref', 'digest']);
+        this.only(path, raw, ['kind', 'ref', 'arch', 'digest']);
         base = { kind: 'image', ref: this.string([...path, 'ref'], raw.ref) };
         break;
       case 'oci':
-        this.only(path, raw, ['kind', 'path', 'digest']);
+        this.only(path, raw, ['kind', 'path', 'arch', 'digest']);
         base = { kind: 'oci', path: this.string([...path, 'path'], raw.path) };
         break;
       case 'host':
-        this.only(path, raw, ['kind', 'digest']);
+        this.only(path, raw, ['kind', 'arch', 'digest']);
         base = { kind: 'host' };
         break;
       default:
         this.fail([...path, 'kind'], `expected debian, image, oci or host, got ${shown(raw.kind)}`);
     }
+    if (arch !== undefined) base.arch = arch;
     if (digest !== undefined) base.digest = digest;
     return base;
+  }
+
+  private arch(path: string[], value: unknown): Arch {
+    if (value === 'x86_64' || value === 'aarch64') return value;
+    return this.fail(path, `expected x86_64 or aarch64, got ${shown(value)}`);
   }
 
   private packages(): EnvLock['packages'] {

@@ -156,4 +156,6 @@ export type LockSection = 'files' | 'env' | 'setup' | 'user' | 'workdir';
 export type LockedBase = BaseSource & {
   /** The resolved content digest (sha256:...) of the base image, once known. */
   digest?: string;
+  /** The architecture the digest is for: written for `backend: vm` (its arch); absent means the host's. */
+  arch?: Arch;
 };

@@ -51,6 +51,11 @@ export interface EnvironmentConfig {
    */
   user?: Identity;
   resources: { memory?: number; pids?: number; cpus?: number };
+  /**
+   * A binfmt_misc register line (a qemu-user interpreter) for the environment's own user namespace:
+   * set when the image is of another architecture than the host (runtime/emulation.ts).
+   */
+  binfmt?: string;
 }
 
 export interface ProcessSpec {

@@ -43,6 +43,7 @@ export function environmentArgs(config: EnvironmentConfig, user: Identity, optio
     args.push('--passwd', `${user.name}:x:${user.uid}:${user.gid}:${user.name}:${user.home}:/bin/sh`, '--group', `${user.name}:x:${user.gid}:`);
   }
   args.push('--mkhome', user.home);
+  if (config.binfmt !== undefined) args.push('--binfmt', config.binfmt);
   return args;
 }
 

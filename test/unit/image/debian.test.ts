@@ -40,6 +40,15 @@ describe('Debian base sources', () => {
     expect(pinned).toContain('--architectures=arm64');
   });
 
+  test('a foreign architecture bootstraps in root mode (inside envy-ns), without mmdebstrap\'s arch-test check', () => {
+    const foreign = { emulation: { arch: 'aarch64' as const, via: 'host' as const, interpreter: '/q' }, keepId: '1000:1000', tmpDir: '/tmp' };
+    const args = mmdebstrapArgs({ suite: 'bookworm' }, '/tmp/out.tar', { arch: 'arm64', foreign });
+    expect(args.slice(0, 5)).toEqual(['--mode=root', '--variant=minbase', '--architectures=arm64', '--format=tar', '--skip=check/qemu']);
+    expect(args).toContain('--dpkgopt=force-unsafe-io');
+    expect(args).toContain('--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr');
+    expect(mmdebstrapArgs({ suite: 'bookworm' }, '/tmp/out.tar', { arch: 'amd64' }).join(' ')).not.toMatch(/unsafe-io|merged-usr/);
+  });
+
   test('Node architectures map to Debian ones', () => {
     expect(debianArch('x64')).toBe('amd64');
     expect(debianArch('arm64')).toBe('arm64');

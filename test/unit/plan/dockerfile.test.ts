@@ -2,6 +2,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
 import type { EnvSpec } from '../../../src/config/types.js';
+import { compilePlan } from '../../../src/plan/compile.js';
 import { renderDockerfile } from '../../../src/plan/dockerfile.js';
 import { lockFromSpec } from '../../../src/plan/lock.js';
 import type { EnvLock } from '../../../src/plan/types.js';
@@ -22,6 +23,17 @@ function expectGolden(name: string, text: string): void {
 function render(spec: EnvSpec, dir = FIXTURE_PROJECT, lock?: EnvLock): string {
   return renderDockerfile(compile(spec, dir, lock), spec);
 }
+
+describe('a VM image names its platform on FROM', () => {
+  test('aarch64 and x86_64 VMs get --platform; a namespace env (the host\'s) does not', () => {
+    const vm = (arch: 'x86_64' | 'aarch64') => makeSpec({ base: { kind: 'image', ref: 'debian:bookworm' }, backend: { type: 'vm', arch, memory: 1 << 30, cpus: 1 } });
+    // The plan's arch is the VM's (compilePlan's default), whatever the host.
+    const renderVm = (spec: EnvSpec) => renderDockerfile(compilePlan(spec, FIXTURE_PROJECT, undefined, { hostUser: { name: 'dev', uid: 1000, gid: 1000 } }), spec);
+    expect(renderVm(vm('aarch64'))).toMatch(/^FROM --platform=linux\/arm64 debian:bookworm$/m);
+    expect(renderVm(vm('x86_64'))).toMatch(/^FROM --platform=linux\/amd64 debian:bookworm$/m);
+    expect(render(makeSpec({ base: { kind: 'image', ref: 'debian:bookworm' } }))).toMatch(/^FROM debian:bookworm$/m);
+  });
+});
 
 describe('golden Dockerfiles', () => {
   test('debian with packages and setup', () => {

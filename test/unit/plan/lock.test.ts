@@ -245,3 +245,27 @@ describe('refreshLock', () => {
     expect(refreshLock(spec, resolvedLock()).base).toEqual({ kind: 'debian', suite: 'trixie' });
   });
 });
+
+describe('the architecture a base digest is for', () => {
+  const vm = (arch: 'x86_64' | 'aarch64') => makeSpec({ backend: { type: 'vm', arch, memory: 1 << 30, cpus: 1 } });
+
+  test('a VM lock names its arch; it survives a write and a read; a namespace lock stays as it was', () => {
+    const lock = lockFromSpec(vm('aarch64'));
+    lock.base.digest = DIGEST;
+    expect(lock.base.arch).toBe('aarch64');
+    const text = renderLock(lock);
+    expect(text).toMatch(/\n {2}arch: "aarch64"\n/);
+    expect(parseLock(text, 'env.lock')).toEqual(lock);
+    expect(renderLock(lockFromSpec(makeSpec()))).not.toContain('arch:');
+    expect(() => parseLock(text.replace('"aarch64"', '"mips"'), 'env.lock')).toThrow(/base\.arch.*expected x86_64 or aarch64/);
+  });
+
+  test('a digest locked for one arch is not reused for another, and --frozen names the change', () => {
+    const arm = lockFromSpec(vm('aarch64'));
+    arm.base.digest = DIGEST;
+    expect(refreshLock(vm('aarch64'), arm).base.digest).toBe(DIGEST);
+    expect(refreshLock(vm('x86_64'), arm).base.digest).toBeUndefined();
+    expect(() => checkFrozen(vm('aarch64'), arm)).not.toThrow();
+    expect(envyError(() => checkFrozen(vm('x86_64'), arm)).message).toMatch(/architecture changed from aarch64 to x86_64/);
+  });
+});
