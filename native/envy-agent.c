@@ -1507,6 +1507,22 @@ static int find_port_named(const char *want, char *path, size_t size) {
 /* uid u32, gid u32, port name str, dir str: make `dir` (if given) and hand it and the port to the
    user, then run this agent's own binary as that user, in a session of its own, on that port.
    Answers result {errno, pid u32}. */
+/* The directories a served agent works in (newline-separated absolute paths: the workspace and the
+ * other synced mounts), made with their parents and given to uid:gid. The agent runs as that user and
+ * could not make them at the top of the guest's tree itself. Returns 0 or an errno. */
+static int make_served_dirs(char *dirs, uint32_t uid, uint32_t gid) {
+  for (char *dir = dirs; dir && *dir;) {
+    char *end = strchr(dir, '\n');
+    if (end) *end = 0;
+    int err = -mkdir_p(dir, 0755);
+    if (!err && chown(dir, uid, gid) < 0) err = errno;
+    if (end) *end = '\n';
+    if (err) return err;
+    dir = end ? end + 1 : NULL;
+  }
+  return 0;
+}
+
 static void handle_serve(uint32_t ch, struct rd *r) {
   uint32_t uid = get_u32(r), gid = get_u32(r);
   char *name = get_str(r), *dir = get_str(r);
@@ -1518,6 +1534,11 @@ static void handle_serve(uint32_t ch, struct rd *r) {
   }
   for (int i = 0; i < MAX_SERVED; i++) {
     if (served[i].pid > 0 && !strcmp(served[i].name, name)) {
+      int made = make_served_dirs(dir, uid, gid);
+      if (made) {
+        send_result(ch, made);
+        goto out;
+      }
       struct buf b = {0};
       put_u32(&b, 0);
       put_u32(&b, (uint32_t)served[i].pid);
@@ -1529,7 +1550,7 @@ static void handle_serve(uint32_t ch, struct rd *r) {
   int err = 0;
   if (slot < 0) err = EAGAIN;
   else if (find_port_named(name, port, sizeof port) < 0) err = ENOENT;
-  else if (dir[0] && (err = -mkdir_p(dir, 0755)) == 0 && chown(dir, uid, gid) < 0) err = errno;
+  else if ((err = make_served_dirs(dir, uid, gid)) != 0) {}
   else if (chown(port, uid, gid) < 0) err = errno;
   else if ((exe = open("/proc/self/exe", O_RDONLY | O_CLOEXEC)) < 0 || pipe2(status_p, O_CLOEXEC) < 0) err = errno;
   if (err) {

@@ -364,7 +364,7 @@ async function guestSide(id: string, record: EnvironmentRecord, guestPath: strin
   ]);
   const identity = record.exec?.identity;
   if (!identity) throw new EnvyError('STATE', `environment ${id} has no recorded user to sync as`, { hint: 'run envy up again' });
-  const client = await connectGuestSync(id, identity, guestPath, log);
+  const client = await connectGuestSync(id, identity, [guestPath, ...(record.sync?.mounts ?? []).map((m) => m.guest)], log);
   // The boot this connection belongs to: a later boot is another VM as far as this process goes.
   const boot = readState(id);
   const running = (): boolean => {

@@ -294,7 +294,7 @@ export class AgentClient {
    * session of its own, after making `dir` (if given) and handing it and the port to that user.
    * Resolves to its pid in the guest (the running one's, when it was started before and lives).
    */
-  serve(options: { uid: number; gid: number; port: string; dir?: string }): Promise<number> {
+  serve(options: { uid: number; gid: number; port: string; dirs?: string[] }): Promise<number> {
     const id = this.allocate();
     return new Promise<number>((resolve, reject) => {
       this.open(
@@ -309,7 +309,7 @@ export class AgentClient {
         },
         reject,
       );
-      this.sendFrame(H.serve, id, new Writer().u32(options.uid).u32(options.gid).str(options.port).str(options.dir ?? '').done());
+      this.sendFrame(H.serve, id, new Writer().u32(options.uid).u32(options.gid).str(options.port).str((options.dirs ?? []).join('\n')).done());
     });
   }
 

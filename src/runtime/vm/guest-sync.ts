@@ -45,11 +45,13 @@ function startedOnBoot(id: string, state: VmState): boolean {
 
 /**
  * Start the VM's sync agent through a connection to the control agent (`client`): one `serve`
- * frame, answered once the agent runs as `identity` on the port, with `dir` made and given to it.
+ * frame, answered once the agent runs as `identity` on the port, with `dirs` (the workspace and the
+ * other synced mounts) made and given to it: it could not make them at the top of the tree itself,
+ * and its initial sync may run before the boot's provisioning does.
  */
-export async function startGuestSyncAgent(client: AgentClient, id: string, state: VmState, identity: Pick<Identity, 'uid' | 'gid'>, dir: string): Promise<void> {
+export async function startGuestSyncAgent(client: AgentClient, id: string, state: VmState, identity: Pick<Identity, 'uid' | 'gid'>, dirs: string[]): Promise<void> {
   try {
-    await client.serve({ uid: identity.uid, gid: identity.gid, port: SYNC_PORT_NAME, dir });
+    await client.serve({ uid: identity.uid, gid: identity.gid, port: SYNC_PORT_NAME, dirs });
   } catch (error) {
     const message = (error as Error).message;
     if ((error as { code?: string }).code === 'ENOENT' || /unknown frame type/.test(message)) {
@@ -76,9 +78,9 @@ async function liveState(id: string, wait: boolean, deadline: number): Promise<V
  * A connection to the VM's sync agent. `up` starts the sync process beside qemu: while the VM
  * boots, this knocks on the port until the agent the boot starts answers. On a running VM whose
  * agent was not started on this boot, or no longer answers, it starts the agent itself.
- * `identity`: the env user it runs as; `dir`: the guest's workspace.
+ * `identity`: the env user it runs as; `dirs`: the guest directories it syncs.
  */
-export async function connectGuestSync(id: string, identity: Identity, dir: string, log: (line: string) => void = () => undefined): Promise<AgentClient> {
+export async function connectGuestSync(id: string, identity: Identity, dirs: string[], log: (line: string) => void = () => undefined): Promise<AgentClient> {
   const socket = vmPaths(id).syncSocket;
   const deadline = Date.now() + BOOT_WAIT_MS;
   for (let seen = false; ; seen = true) {
@@ -98,7 +100,7 @@ export async function connectGuestSync(id: string, identity: Identity, dir: stri
     }
     const control = await connectAgent(id, state, { purpose: `start the sync agent in VM ${id}` });
     try {
-      await startGuestSyncAgent(control, id, state, identity, dir);
+      await startGuestSyncAgent(control, id, state, identity, dirs);
     } finally {
       control.close();
     }

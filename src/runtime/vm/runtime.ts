@@ -427,12 +427,12 @@ export class VmRuntime implements Runtime {
    * not fail the boot: the sync process starts the agent itself and reports what went wrong.
    */
   private async startSyncAgent(config: EnvironmentConfig, state: VmState): Promise<number | undefined> {
-    const mount = config.mounts.find((m) => m.vm === 'sync');
-    if (!mount || !config.user) return undefined;
+    const synced = config.mounts.filter((m) => m.vm === 'sync').map((m) => m.target);
+    if (synced.length === 0 || !config.user) return undefined;
     try {
       const client = await connectAgent(config.id, state, { purpose: `start the sync agent in VM ${config.id}` });
       try {
-        await startGuestSyncAgent(client, config.id, state, config.user, mount.target);
+        await startGuestSyncAgent(client, config.id, state, config.user, synced);
       } finally {
         client.close();
       }
