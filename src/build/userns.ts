@@ -29,7 +29,7 @@ export interface LayerSnapshot {
   opaqueDirs: string[];
 }
 
-function workerPath(): string {
+export function workerPath(): string {
   const path = join(packageRoot(), 'dist', 'layer-worker.js');
   if (!existsSync(path)) throw new EnvyError('INTERNAL', `${path} is missing`, { hint: 'run `npm run build` in the envy checkout' });
   return path;
