@@ -18,10 +18,10 @@
  *                        (runtime/vm/disk-worker.ts), handed to UID:GID
  * Errors go to stderr as one line and exit 1.
  */
-import { existsSync, lchownSync, lstatSync, lutimesSync, readdirSync } from 'node:fs';
+import { createReadStream, existsSync, lchownSync, lstatSync, lutimesSync, readdirSync } from 'node:fs';
 import { once } from 'node:events';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
+import { PassThrough, type Readable } from 'node:stream';
 import { extractLayer, removeTree } from '../image/extract.js';
 import { exportImage, tarTree } from '../image/export.js';
 import { LayerStore } from '../image/store.js';
@@ -40,6 +40,12 @@ function clampMtimes(path: string, epoch: number): void {
  * concurrently in this one process: creating files is what costs, and it does not go faster in parallel
  * on one filesystem, but starting one worker per layer (a namespace and a Node each) did cost.
  */
+/** A job's file source: the file, or a member's byte range of it (read here, not streamed over stdin). */
+function jobSource(job: UnpackJob): string | Readable | undefined {
+  if (job.path === undefined || !job.range) return job.path;
+  return createReadStream(job.path, { start: job.range.start, end: job.range.end });
+}
+
 async function unpackSession(): Promise<undefined> {
   const streams = new Map<number, PassThrough>();
   const finished = new Map<number, Promise<void>>();
@@ -47,7 +53,7 @@ async function unpackSession(): Promise<undefined> {
   const start = (id: number, job: UnpackJob): void => {
     const stream = job.path === undefined ? new PassThrough() : undefined;
     if (stream) streams.set(id, stream);
-    const work = extractLayer(job.path ?? stream!, job.dest, { label: job.label, chown: true, ...(job.expectedDiffId ? { expectedDiffId: job.expectedDiffId } : {}) }).then(
+    const work = extractLayer(jobSource(job) ?? stream!, job.dest, { label: job.label, chown: true, ...(job.expectedDiffId ? { expectedDiffId: job.expectedDiffId } : {}) }).then(
       (result) => answer({ id, result }),
       (error: unknown) => answer({ id, error: (error instanceof Error ? error.message : String(error)).split('\n')[0] }),
     );
