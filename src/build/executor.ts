@@ -454,7 +454,8 @@ export class Executor {
           // No package descriptions (Translation-en): 6.5 MB to fetch and 34 MB in every packages layer, unused.
           'apt-get update -o Dpkg::Use-Pty=0 -o Acquire::Languages=none',
           // dpkg fsyncs every file it unpacks (git alone: ~5 s here); a build step needs none of that
-          // durability: a crash mid-step discards the step. Container images ship the same setting.
+          // durability: a crash mid-step discards the step, and a committed layer is as durable as the
+          // store makes any layer (docs/images.md, crash safety). Container images ship the same setting.
           `apt-get install -y --no-install-recommends -o Dpkg::Use-Pty=0 -o Dpkg::Options::=--force-unsafe-io ${requests.join(' ')}`,
           `dpkg-query -W -f '\${Package} \${Version}\\n' ${names.map((n) => n.replace(/:[a-z0-9-]+'$/, "'")).join(' ')} | while read -r name version; do ${marker('apt')} "$name" "$version"; done`,
           // Volatile files differ on every run; they would make an otherwise identical layer differ.
