@@ -74,9 +74,13 @@ try {
 
   const example = readFileSync(join(root, 'env.example.yaml'), 'utf8').replace(/base:\n {2}debian: bookworm\n/, 'base:\n  oci: base.tar\n');
   if (!example.includes('oci: base.tar')) throw new Error('env.example.yaml no longer has the base this bench rewrites');
+  // The Dockerfile is rendered from a copy of the project without env.lock: its RUN lines must not change
+  // when an envy build writes the lock's pins (podman's cache would miss on an unchanged step).
+  const planProject = join(work, 'plan-project');
+  runQuiet(`mkdir -p ${planProject} && ln ${project}/base.tar ${planProject}/base.tar`);
   const writeProject = (text) => {
     writeFileSync(join(work, 'env.yaml.next'), text);
-    runQuiet(`cp ${work}/env.yaml.next ${project}/env.yaml && cd ${project} && ${envy('plan --dockerfile', join(work, 'plan-home'))} > Dockerfile`);
+    runQuiet(`cp ${work}/env.yaml.next ${project}/env.yaml && cp ${work}/env.yaml.next ${planProject}/env.yaml && cd ${planProject} && ${envy('plan --dockerfile', join(work, 'plan-home'))} > ${project}/Dockerfile`);
   };
   writeProject(example);
   // podman gets the base as a loaded image: `FROM docker-archive:` would import it again on every build
@@ -88,6 +92,11 @@ try {
   const podmanBuild = `cd ${project} && podman build --quiet --network=host -f Dockerfile -t localhost/envy-bench:latest .`;
   const podmanReset = () => runQuiet('podman rmi --all --force >/dev/null 2>&1; podman image prune --all --force >/dev/null 2>&1; true');
 
+  // Untimed warm-up: the first build of a session fetches the .debs through cold caches on the way to
+  // the mirror; whichever builder went first paid for that.
+  writeProject(example);
+  runQuiet(`cd ${project} && ${envy('build --quiet', join(work, 'warmup-home'))} && rm -f env.lock`);
+  wipeEnvyHome(join(work, 'warmup-home'));
   const cold = { envy: [], podman: [], baseline: [] };
   const changed = { envy: [], podman: [], baseline: [] };
   const loads = [];
@@ -144,7 +153,7 @@ try {
   } catch {
     // podman may never have started
   }
-  for (const dir of ['seed-home', 'plan-home', ...Array.from({ length: RUNS }, (_, i) => [`envy-home-${i}`, `baseline-home-${i}`]).flat()]) {
+  for (const dir of ['seed-home', 'plan-home', 'warmup-home', ...Array.from({ length: RUNS }, (_, i) => [`envy-home-${i}`, `baseline-home-${i}`]).flat()]) {
     if (existsSync(join(work, dir))) {
       try {
         wipeEnvyHome(join(work, dir));
