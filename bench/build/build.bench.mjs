@@ -58,7 +58,10 @@ const timed = (command) => {
   runQuiet(command);
   return Number(process.hrtime.bigint() - start) / 1e6;
 };
-const envy = (args, envyHome) => `ENVY_HOME=${envyHome} ${process.execPath} ${join(root, 'bin/envy.js')} ${args}`;
+// BENCH_BASELINE=DIR: also time the envy of another checkout (built, e.g. a worktree of main) in the same
+// runs, for before -> after figures under the same load.
+const baseline = process.env.BENCH_BASELINE;
+const envy = (args, envyHome, checkout = root) => `ENVY_HOME=${envyHome} ${process.execPath} ${join(checkout, 'bin/envy.js')} ${args}`;
 const wipeEnvyHome = (envyHome) => runQuiet(`${helper} userns -- rm -rf ${envyHome}`);
 
 const project = join(work, 'project');
@@ -71,9 +74,13 @@ try {
 
   const example = readFileSync(join(root, 'env.example.yaml'), 'utf8').replace(/base:\n {2}debian: bookworm\n/, 'base:\n  oci: base.tar\n');
   if (!example.includes('oci: base.tar')) throw new Error('env.example.yaml no longer has the base this bench rewrites');
+  // The Dockerfile is rendered from a copy of the project without env.lock: its RUN lines must not change
+  // when an envy build writes the lock's pins (podman's cache would miss on an unchanged step).
+  const planProject = join(work, 'plan-project');
+  runQuiet(`mkdir -p ${planProject} && ln ${project}/base.tar ${planProject}/base.tar`);
   const writeProject = (text) => {
     writeFileSync(join(work, 'env.yaml.next'), text);
-    runQuiet(`cp ${work}/env.yaml.next ${project}/env.yaml && cd ${project} && ${envy('plan --dockerfile', join(work, 'plan-home'))} > Dockerfile`);
+    runQuiet(`cp ${work}/env.yaml.next ${project}/env.yaml && cp ${work}/env.yaml.next ${planProject}/env.yaml && cd ${planProject} && ${envy('plan --dockerfile', join(work, 'plan-home'))} > ${project}/Dockerfile`);
   };
   writeProject(example);
   // podman gets the base as a loaded image: `FROM docker-archive:` would import it again on every build
@@ -85,41 +92,68 @@ try {
   const podmanBuild = `cd ${project} && podman build --quiet --network=host -f Dockerfile -t localhost/envy-bench:latest .`;
   const podmanReset = () => runQuiet('podman rmi --all --force >/dev/null 2>&1; podman image prune --all --force >/dev/null 2>&1; true');
 
-  const cold = { envy: [], podman: [] };
-  const changed = { envy: [], podman: [] };
+  // Untimed warm-up: the first build of a session fetches the .debs through cold caches on the way to
+  // the mirror; whichever builder went first paid for that.
+  writeProject(example);
+  runQuiet(`cd ${project} && ${envy('build --quiet', join(work, 'warmup-home'))} && rm -f env.lock`);
+  wipeEnvyHome(join(work, 'warmup-home'));
+  const cold = { envy: [], podman: [], baseline: [] };
+  const changed = { envy: [], podman: [], baseline: [] };
+  const loads = [];
   for (let run = 0; run < RUNS; run++) {
     const envyHome = join(work, `envy-home-${run}`);
+    const baselineHome = join(work, `baseline-home-${run}`);
+    loads.push(readFileSync('/proc/loadavg', 'utf8').split(' ')[0]);
     writeProject(example);
-    cold.envy.push(timed(`cd ${project} && ${envy('build --quiet', envyHome)}`));
-    podmanDockerfile();
-    podmanReset();
-    cold.podman.push(timed(`${podmanLoad} && ${podmanBuild.replace(/^cd \S+ && /, '')}`));
+    // The order rotates per run so that no builder always goes first (or always follows podman's I/O).
+    const coldBuilds = [
+      () => cold.envy.push(timed(`cd ${project} && rm -f env.lock && ${envy('build --quiet', envyHome)}`)),
+      () => {
+        podmanDockerfile();
+        podmanReset();
+        cold.podman.push(timed(`${podmanLoad} && ${podmanBuild.replace(/^cd \S+ && /, '')}`));
+      },
+      ...(baseline ? [() => cold.baseline.push(timed(`cd ${project} && rm -f env.lock && ${envy('build --quiet', baselineHome, baseline)}`))] : []),
+    ];
+    for (let i = 0; i < coldBuilds.length; i++) coldBuilds[(i + run) % coldBuilds.length]();
     // One setup step changed: envy reruns it and the user step after it; podman its RUN and what follows.
     writeProject(example.replace('make --version | head -n1', `make --version | head -n${run + 2}`));
     podmanDockerfile();
-    changed.envy.push(timed(`cd ${project} && ${envy('build --quiet', envyHome)}`));
-    changed.podman.push(timed(podmanBuild));
+    const changedBuilds = [
+      () => changed.envy.push(timed(`cd ${project} && ${envy('build --quiet', envyHome)}`)),
+      () => changed.podman.push(timed(podmanBuild)),
+      ...(baseline ? [() => changed.baseline.push(timed(`cd ${project} && ${envy('build --quiet', baselineHome, baseline)}`))] : []),
+    ];
+    for (let i = 0; i < changedBuilds.length; i++) changedBuilds[(i + run) % changedBuilds.length]();
     wipeEnvyHome(envyHome);
+    if (baseline) wipeEnvyHome(baselineHome);
   }
+  loads.push(readFileSync('/proc/loadavg', 'utf8').split(' ')[0]);
   podmanReset();
 
   const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
   const row = (name, samples, anchor) =>
     `| ${name} | ${(median(samples) / 1000).toFixed(1)} | ${(Math.min(...samples) / 1000).toFixed(1)} | ${(median(samples) / median(anchor)).toFixed(2)} |`;
-  console.log(`env.example.yaml on the same Debian bookworm base archive, ${RUNS} runs each, alternating, as ${user}\n`);
+  console.log(`env.example.yaml on the same Debian bookworm base archive, ${RUNS} runs each, interleaved, as ${user}; load average ${loads.join(' -> ')}\n`);
   console.log('| build | median s | min s | × podman |');
   console.log('|---|---:|---:|---:|');
   console.log(row('envy build, cold', cold.envy, cold.podman));
+  if (baseline) console.log(row(`baseline envy (${baseline}), cold`, cold.baseline, cold.podman));
   console.log(row('podman build, cold', cold.podman, cold.podman));
   console.log(row('envy build, one setup step changed', changed.envy, changed.podman));
+  if (baseline) console.log(row(`baseline envy (${baseline}), one step changed`, changed.baseline, changed.podman));
   console.log(row('podman build, one RUN changed (layer cache)', changed.podman, changed.podman));
+  // The anchor is per run, not per median: each envy build against podman's in the same run.
+  const perRun = (samples, anchor) => samples.map((ms, i) => `${(ms / 1000).toFixed(1)}/${(anchor[i] / 1000).toFixed(1)}`).join(' ');
+  const noSlower = (samples, anchor) => samples.filter((ms, i) => ms <= anchor[i]).length;
+  console.log(`\nper run, envy/podman s: cold ${perRun(cold.envy, cold.podman)} (envy no slower in ${noSlower(cold.envy, cold.podman)} of ${RUNS}); one step changed ${perRun(changed.envy, changed.podman)} (${noSlower(changed.envy, changed.podman)} of ${RUNS})`);
 } finally {
   try {
     runQuiet(`podman unshare rm -rf ${home}/.local/share/containers`);
   } catch {
     // podman may never have started
   }
-  for (const dir of ['seed-home', 'plan-home', ...Array.from({ length: RUNS }, (_, i) => `envy-home-${i}`)]) {
+  for (const dir of ['seed-home', 'plan-home', 'warmup-home', ...Array.from({ length: RUNS }, (_, i) => [`envy-home-${i}`, `baseline-home-${i}`]).flat()]) {
     if (existsSync(join(work, dir))) {
       try {
         wipeEnvyHome(join(work, dir));

@@ -27,8 +27,10 @@ import type { Arch } from '../config/types.js';
 import type { EnvironmentConfig, Identity, MountRequest, ProcessSpec } from '../runtime/types.js';
 import { cacheDir } from '../state/paths.js';
 import { AptDownloadProgress } from './apt-progress.js';
+import { mark } from './trace.js';
 import { buildPassthroughEnv } from './host-env.js';
-import { ownByRootInUserNamespace, removeInUserNamespace, snapshotInUserNamespace, UnpackSession } from './userns.js';
+import { LayerJobSession } from './job-session.js';
+import { ownByRootInUserNamespace, removeInUserNamespace, UnpackSession } from './userns.js';
 
 export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 /** Image label marking a host base: the runtime binds the host's /usr over it. */
@@ -130,13 +132,32 @@ export class Executor {
   private readonly resolved: ResolvedVersions = { packages: { apt: {}, npm: {}, pip: {} } };
   private epoch: number | undefined;
   private foreign: { emulation: Emulation | undefined } | undefined;
+  /** The build's layer worker (snapshots, removals), started with the build when a step will run. */
+  private jobs: Promise<LayerJobSession> | undefined;
 
   constructor(private readonly options: BuildOptions) {}
 
   async run(): Promise<BuildResult> {
+    const { plan, store } = this.options;
+    // Started before anything else, so its Node start overlaps the work before the first snapshot.
+    if (plan.steps.some((s) => s.kind !== 'base' && s.kind !== 'env' && !store.hasImage(s.key))) this.jobs = LayerJobSession.start(this.options.identity);
+    try {
+      return await this.runSteps();
+    } finally {
+      await this.jobs?.then((session) => session.close(), () => undefined);
+    }
+  }
+
+  private layerJobs(): Promise<LayerJobSession> {
+    return (this.jobs ??= LayerJobSession.start(this.options.identity));
+  }
+
+  private async runSteps(): Promise<BuildResult> {
     const { plan, store, reporter } = this.options;
+    mark('executor start');
     mkdirSync(this.options.logDir, { recursive: true });
     await store.sweepStale((path) => removeInUserNamespace(this.options.identity, [path]));
+    mark('swept');
     reporter.report({ type: 'plan', steps: plan.steps.map((s) => ({ key: s.key, label: s.label, kind: s.kind })) });
     const built: string[] = [];
     let parent: ImageRecord | undefined;
@@ -155,6 +176,7 @@ export class Executor {
         continue;
       }
       const started = Date.now();
+      mark(`step ${step.kind} ${step.label} start`);
       reporter.report({ type: 'step-start', key: step.key });
       // apt shows no progress meter without a terminal: its per-archive lines become a download with bytes (and a rate in the view).
       const apt = step.kind === 'packages' && step.manager === 'apt' ? new AptDownloadProgress() : undefined;
@@ -166,7 +188,9 @@ export class Executor {
       try {
         const image = this.withResolved(step, await this.execute(step, parent, log));
         if (step.kind === 'base') this.epoch = sourceDateEpoch(step, image);
+        mark('  executed');
         await store.writeImage(image);
+        mark('  image written');
         parent = image;
         built.push(step.key);
         reporter.report({ type: 'step-done', key: step.key, ms: Date.now() - started });
@@ -330,8 +354,10 @@ export class Executor {
    * the subordinate-owned tree, no second worker.
    */
   private async commitScratch(scratch: string, createdBy: string, remove: string[]): Promise<ImageLayer> {
-    const { store, identity } = this.options;
-    const snapshot = await snapshotInUserNamespace(identity, join(scratch, 'root'), this.epoch, { layersDir: join(store.root, 'layers/sha256'), remove });
+    const { store } = this.options;
+    const jobs = await this.layerJobs();
+    const snapshot = await jobs.snapshot(join(scratch, 'root'), this.epoch, { layersDir: join(store.root, 'layers/sha256'), remove });
+    mark(`  snapshot done (${snapshot.entries} entries, ${snapshot.size} bytes)`);
     if (snapshot.existing) {
       // The worker removed the tree; what is left is the user's own empty scratch dir.
       rmSync(scratch, { recursive: true, force: true });
@@ -354,7 +380,7 @@ export class Executor {
         strippedModes: {},
       },
       // Someone stored the same content since the worker looked: drop ours.
-      { removeTree: (path) => removeInUserNamespace(identity, [path]) },
+      { removeTree: (path) => jobs.remove([path]) },
     );
     return { diffId: meta.diffId };
   }
@@ -415,8 +441,10 @@ export class Executor {
         },
         warn: (line) => log.line(line.trimEnd()),
       });
+      mark('  runOnce start');
       const code = await runtime.runOnce(config, process);
       await Promise.all(pipes);
+      mark('  runOnce done');
       if (code !== 0) {
         const command = step.kind === 'run' ? step.run : how.argv.join(' ');
         throw new EnvyError('BUILD', `step "${step.label}" failed with exit code ${code}`, {
@@ -435,7 +463,13 @@ export class Executor {
       return this.derive(step, parent, [layer], {});
     } finally {
       // Only a failed step leaves its scratch: a committed one was renamed into the store or removed.
-      if (existsSync(scratch)) await removeInUserNamespace(identity, [scratch]).catch(() => rmSync(scratch, { recursive: true, force: true }));
+      if (existsSync(scratch)) {
+        // The build's worker may be gone (a Ctrl-C reaches its process group too): then a worker of its own.
+        await this.layerJobs()
+          .then((jobs) => jobs.remove([scratch]))
+          .catch(() => removeInUserNamespace(identity, [scratch]))
+          .catch(() => rmSync(scratch, { recursive: true, force: true }));
+      }
     }
   }
 
@@ -451,7 +485,8 @@ export class Executor {
           // No package descriptions (Translation-en): 6.5 MB to fetch and 34 MB in every packages layer, unused.
           'apt-get update -o Dpkg::Use-Pty=0 -o Acquire::Languages=none',
           // dpkg fsyncs every file it unpacks (git alone: ~5 s here); a build step needs none of that
-          // durability: a crash mid-step discards the step. Container images ship the same setting.
+          // durability: a crash mid-step discards the step, and a committed layer is as durable as the
+          // store makes any layer (docs/images.md, crash safety). Container images ship the same setting.
           `apt-get install -y --no-install-recommends -o Dpkg::Use-Pty=0 -o Dpkg::Options::=--force-unsafe-io ${requests.join(' ')}`,
           `dpkg-query -W -f '\${Package} \${Version}\\n' ${names.map((n) => n.replace(/:[a-z0-9-]+'$/, "'")).join(' ')} | while read -r name version; do ${marker('apt')} "$name" "$version"; done`,
           // Volatile files differ on every run; they would make an otherwise identical layer differ.

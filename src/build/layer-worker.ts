@@ -10,6 +10,7 @@
  *   unpack-session       several layers unpacked at once from one stdin (unpack-protocol.ts frames); one
  *                        JSON line per layer as each finishes: {id, result} or {id, error}
  *   remove PATH...       trees with files of subordinate owners (overlay work dirs, layers)
+ *   jobs                 snapshot and remove jobs as JSON lines on stdin, one answer line each (a build's worker)
  *   own-by-root DIR      every entry of DIR chowned to 0:0 (layers made by the host user)
  *   export STORE KEY oci|docker-archive PATH TAG UID:GID  the image exported with the owners its layers
  *                        mean, the output then handed to UID:GID (the invoking user, mapped inside)
@@ -17,10 +18,10 @@
  *                        (runtime/vm/disk-worker.ts), handed to UID:GID
  * Errors go to stderr as one line and exit 1.
  */
-import { existsSync, lchownSync, lstatSync, lutimesSync, readdirSync } from 'node:fs';
+import { createReadStream, existsSync, lchownSync, lstatSync, lutimesSync, readdirSync } from 'node:fs';
 import { once } from 'node:events';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
+import { PassThrough, type Readable } from 'node:stream';
 import { extractLayer, removeTree } from '../image/extract.js';
 import { exportImage, tarTree } from '../image/export.js';
 import { LayerStore } from '../image/store.js';
@@ -39,6 +40,12 @@ function clampMtimes(path: string, epoch: number): void {
  * concurrently in this one process: creating files is what costs, and it does not go faster in parallel
  * on one filesystem, but starting one worker per layer (a namespace and a Node each) did cost.
  */
+/** A job's file source: the file, or a member's byte range of it (read here, not streamed over stdin). */
+function jobSource(job: UnpackJob): string | Readable | undefined {
+  if (job.path === undefined || !job.range) return job.path;
+  return createReadStream(job.path, { start: job.range.start, end: job.range.end });
+}
+
 async function unpackSession(): Promise<undefined> {
   const streams = new Map<number, PassThrough>();
   const finished = new Map<number, Promise<void>>();
@@ -46,7 +53,7 @@ async function unpackSession(): Promise<undefined> {
   const start = (id: number, job: UnpackJob): void => {
     const stream = job.path === undefined ? new PassThrough() : undefined;
     if (stream) streams.set(id, stream);
-    const work = extractLayer(job.path ?? stream!, job.dest, { label: job.label, chown: true, ...(job.expectedDiffId ? { expectedDiffId: job.expectedDiffId } : {}) }).then(
+    const work = extractLayer(jobSource(job) ?? stream!, job.dest, { label: job.label, chown: true, ...(job.expectedDiffId ? { expectedDiffId: job.expectedDiffId } : {}) }).then(
       (result) => answer({ id, result }),
       (error: unknown) => answer({ id, error: (error instanceof Error ? error.message : String(error)).split('\n')[0] }),
     );
@@ -74,33 +81,67 @@ async function unpackSession(): Promise<undefined> {
   return undefined;
 }
 
+async function snapshot(args: string[]): Promise<LayerSnapshot> {
+  const [dir, epochArg, layersDir, ...removals] = args as [string, string, string, ...string[]];
+  const epoch = epochArg === '' ? undefined : Number(epochArg);
+  // Running as root in the namespace, lstat shows the owners the image means: record them as they are.
+  const tree = await tarTree(dir, { chowned: true, owners: {}, strippedModes: {} }, undefined, { gzip: false, sourceDateEpoch: epoch });
+  // Overlay leaves work/work at mode 000: removeTree opens it up.
+  for (const path of removals) removeTree(path);
+  const existing = existsSync(join(layersDir, tree.diffId.slice('sha256:'.length), 'meta.json'));
+  if (existing) removeTree(dir);
+  // The tar clamped mtimes to the epoch; clamp the tree too, so the stored layer re-tars (envy export)
+  // to the very diff_id it is recorded under.
+  else if (epoch !== undefined) clampMtimes(dir, epoch);
+  return { diffId: tree.diffId, existing, size: tree.size, entries: tree.entries, whiteouts: tree.whiteouts, opaqueDirs: tree.opaqueDirs };
+}
+
+function remove(paths: string[]): { removed: number } {
+  // Overlay leaves work/work at mode 000 and layers may hold read-only dirs: removeTree opens them up.
+  for (const path of paths) removeTree(path);
+  return { removed: paths.length };
+}
+
+/**
+ * A build's snapshot and remove jobs, one JSON line each on stdin ({id, job, args}), answered one JSON line
+ * each ({id, result} or {id, error}), in order, until stdin closes. One worker serves a whole build: a
+ * worker per step cost a user namespace and a Node start each (0.2-0.6 s), more than snapshotting a
+ * small step's layer.
+ */
+async function jobSession(): Promise<undefined> {
+  let pending = '';
+  for await (const chunk of process.stdin) {
+    pending += (chunk as Buffer).toString('utf8');
+    let newline: number;
+    while ((newline = pending.indexOf('\n')) >= 0) {
+      const line = pending.slice(0, newline);
+      pending = pending.slice(newline + 1);
+      if (!line.trim()) continue;
+      const { id, job, args } = JSON.parse(line) as { id: number; job: string; args: string[] };
+      let answer: object;
+      try {
+        if (job === 'snapshot' && args.length >= 3) answer = { id, result: await snapshot(args) };
+        else if (job === 'remove') answer = { id, result: remove(args) };
+        else throw new Error(`unknown job ${job}`);
+      } catch (error) {
+        answer = { id, error: (error instanceof Error ? error.message : String(error)).split('\n')[0] };
+      }
+      process.stdout.write(`${JSON.stringify(answer)}\n`);
+    }
+  }
+  return undefined;
+}
+
 async function main(argv: string[]): Promise<unknown> {
   const [job, ...args] = argv;
-  if (job === 'snapshot' && args.length >= 3) {
-    const [dir, epochArg, layersDir, ...remove] = args as [string, string, string, ...string[]];
-    const epoch = epochArg === '' ? undefined : Number(epochArg);
-    // Running as root in the namespace, lstat shows the owners the image means: record them as they are.
-    const tree = await tarTree(dir, { chowned: true, owners: {}, strippedModes: {} }, undefined, { gzip: false, sourceDateEpoch: epoch });
-    // Overlay leaves work/work at mode 000: removeTree opens it up.
-    for (const path of remove) removeTree(path);
-    const existing = existsSync(join(layersDir, tree.diffId.slice('sha256:'.length), 'meta.json'));
-    if (existing) removeTree(dir);
-    // The tar clamped mtimes to the epoch; clamp the tree too, so the stored layer re-tars (envy export)
-    // to the very diff_id it is recorded under.
-    else if (epoch !== undefined) clampMtimes(dir, epoch);
-    const result: LayerSnapshot = { diffId: tree.diffId, existing, size: tree.size, entries: tree.entries, whiteouts: tree.whiteouts, opaqueDirs: tree.opaqueDirs };
-    return result;
-  }
+  if (job === 'snapshot' && args.length >= 3) return snapshot(args);
   if (job === 'unpack' && (args.length === 3 || args.length === 4)) {
     const source = args[0] === '-' ? process.stdin : args[0]!;
     return extractLayer(source, args[1]!, { label: args[2]!, chown: true, ...(args[3] ? { expectedDiffId: args[3] } : {}) });
   }
   if (job === 'unpack-session' && args.length === 0) return unpackSession();
-  if (job === 'remove' && args.length > 0) {
-    // Overlay leaves work/work at mode 000 and layers may hold read-only dirs: removeTree opens them up.
-    for (const path of args) removeTree(path);
-    return { removed: args.length };
-  }
+  if (job === 'remove' && args.length > 0) return remove(args);
+  if (job === 'jobs' && args.length === 0) return jobSession();
   if (job === 'own-by-root' && args.length === 1) {
     let entries = 0;
     const walk = (path: string): void => {

@@ -15,6 +15,8 @@ export enum FrameType {
 export interface UnpackJob {
   /** Read the blob from this file instead of from Data frames. */
   path?: string;
+  /** With path: read only these bytes of it (first and last, inclusive), an archive member. */
+  range?: { start: number; end: number };
   dest: string;
   label: string;
   expectedDiffId?: string;

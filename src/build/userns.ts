@@ -12,6 +12,7 @@ import { EnvyError } from '../errors.js';
 import { run, runWithInput, startProcess } from '../exec.js';
 import type { ExportResult } from '../image/export.js';
 import type { ExtractResult } from '../image/extract.js';
+import { fileRangeOf } from '../image/file-range.js';
 import { packageRoot } from '../package-root.js';
 import { ensureHelper } from '../runtime/namespace/helper.js';
 import type { Identity } from '../runtime/types.js';
@@ -29,7 +30,7 @@ export interface LayerSnapshot {
   opaqueDirs: string[];
 }
 
-function workerPath(): string {
+export function workerPath(): string {
   const path = join(packageRoot(), 'dist', 'layer-worker.js');
   if (!existsSync(path)) throw new EnvyError('INTERNAL', `${path} is missing`, { hint: 'run `npm run build` in the envy checkout' });
   return path;
@@ -128,9 +129,13 @@ export class UnpackSession {
     if (this.failure) throw this.failure;
     const id = this.nextId++;
     const answered = new Promise<ExtractResult>((resolve, reject) => this.waiting.set(id, { resolve, reject }));
-    const job: UnpackJob = { ...(typeof source === 'string' ? { path: source } : {}), dest, label: options.label, ...(options.expectedDiffId ? { expectedDiffId: options.expectedDiffId } : {}) };
+    // A range of a file (an archive member) is read by the worker itself: its bytes never cross the pipe.
+    const range = fileRangeOf(source);
+    const file = typeof source === 'string' ? { path: source } : range ? { path: range.path, range: { start: range.start, end: range.end } } : {};
+    const job: UnpackJob = { ...file, dest, label: options.label, ...(options.expectedDiffId ? { expectedDiffId: options.expectedDiffId } : {}) };
     await this.send(encodeFrame(FrameType.Start, id, Buffer.from(JSON.stringify(job))));
-    if (typeof source === 'string') return answered;
+    if (range) (source as NodeJS.ReadableStream & { destroy(): void }).destroy();
+    if (typeof source === 'string' || range) return answered;
     let inputError: unknown;
     try {
       for await (const chunk of source) {

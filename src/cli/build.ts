@@ -4,6 +4,7 @@ import { buildProject, type ProjectBuild } from '../env/build.js';
 import { EnvyError } from '../errors.js';
 import { loadProject, type Project } from './project.js';
 import { createReporter, type ProgressMode } from './ui/reporter.js';
+import { mark } from '../build/trace.js';
 
 interface BuildArgs {
   file?: string;
@@ -13,7 +14,9 @@ interface BuildArgs {
 }
 
 export async function run(args: BuildArgs): Promise<number> {
+  mark('build command');
   const project = await loadProject(args.file);
+  mark('project loaded');
   const reporter = await createReporter({ mode: args.quiet ? 'quiet' : args.progress });
   try {
     const result = await buildProject(project, { frozen: args.frozen, reporter });
@@ -24,6 +27,7 @@ export async function run(args: BuildArgs): Promise<number> {
     });
   } finally {
     await reporter.close();
+    mark('done');
   }
   return 0;
 }

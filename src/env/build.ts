@@ -12,6 +12,7 @@ import { packageName } from '../plan/packages.js';
 import { checkFrozen, refreshLock, renderLock, writeLock } from '../plan/lock.js';
 import type { BuildPlan, EnvLock, KernelStep, UserStep } from '../plan/types.js';
 import { EnvyError } from '../errors.js';
+import { mark } from '../build/trace.js';
 import type { Identity } from '../runtime/types.js';
 import { environmentId, environmentPaths } from '../state/environments.js';
 
@@ -31,7 +32,9 @@ export function planIdentity(plan: BuildPlan): Identity {
 
 export async function buildProject(project: Project, options: { frozen: boolean; reporter: Reporter; signal?: AbortSignal }): Promise<ProjectBuild> {
   if (options.frozen) checkFrozen(project.spec, project.lock);
+  mark('buildProject');
   const plan = compilePlan(project.spec, project.source.dir, project.lock);
+  mark('compiled');
   const kernelFile = plan.steps.find((s): s is KernelStep => s.kind === 'kernel')?.file;
   if (options.frozen && kernelFile && project.lock?.kernel?.digest !== kernelFile.digest) {
     throw new EnvyError('LOCK_MISMATCH', `backend.kernel: the kernel file ${kernelFile.src} is not the one env.lock records (${project.lock?.kernel?.digest?.slice(0, 19) ?? 'no digest'}, now ${kernelFile.digest.slice(0, 19)})`, {
@@ -52,6 +55,7 @@ export async function buildProject(project: Project, options: { frozen: boolean;
     signal: options.signal,
   });
   const result = await executor.run();
+  mark('executor done');
   const lock = refreshLock(project.spec, project.lock);
   if (result.resolved.baseDigest && lock.base.digest === undefined) lock.base.digest = result.resolved.baseDigest;
   for (const manager of ['apt', 'npm', 'pip'] as const) {
@@ -69,6 +73,7 @@ export async function buildProject(project: Project, options: { frozen: boolean;
   // --frozen never writes: the lock is the input there, not the output.
   if (!lockChanged || options.frozen) return { ...result, plan, lock, identity, store, lockChanged };
   writeLock(project.lockPath, lock);
+  mark('lock written');
   // The pins just written enter the step keys (a pinned base is a different input than "latest"), yet
   // they describe exactly what was built: record the images under the pinned keys too, so the next
   // build with this lock is all cache hits instead of a rebuild of identical content.
@@ -81,5 +86,6 @@ export async function buildProject(project: Project, options: { frozen: boolean;
     if (!store.hasImage(step.key)) await store.writeImage(alias);
     if (index === pinned.steps.length - 1) image = alias;
   }
+  mark('aliases written');
   return { ...result, image, plan: pinned, lock, identity, store, lockChanged };
 }

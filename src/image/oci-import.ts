@@ -13,6 +13,8 @@ import * as tar from 'tar-stream';
 import { EnvyError } from '../errors.js';
 import { digestHex, HashingStream, sha256, VerifyingStream } from './digest.js';
 import { chain } from './extract.js';
+import { fileRangeStream } from './file-range.js';
+import { DOCUMENT_MAX, scanTar, type ArchiveMember } from './tar-scan.js';
 import { manifestKind, sniffCompression } from './media-types.js';
 import { parseImageConfig, type OciDescriptor, type OciImageConfig, type OciIndex, type OciManifest } from './oci.js';
 import { formatPlatform, hostPlatform, selectPlatform } from './registry.js';
@@ -163,8 +165,6 @@ interface DockerArchiveEntry {
   Layers: string[];
 }
 
-/** Members up to this size are documents (manifests, configs, tiny layers) and kept in memory. */
-const DOCUMENT_MAX = 1 << 20;
 
 /** A big archive member, unpacked into the store as a layer while the archive was read. */
 interface StreamedLayer {
@@ -240,7 +240,62 @@ async function archiveLayer(
   await store.addLayer(() => Readable.from([bytes], { objectMode: false }), { label: `${name} (${digest ?? sha256(bytes)})`, createdBy, expectedDiffId: diffId, unpack: options.unpack, chown: options.chown, removeTree: options.removeTree });
 }
 
+/**
+ * readArchive for an uncompressed archive file whose headers scanTar understands: documents are read by
+ * offset, and each big member that is an uncompressed tar (a docker-archive layer) is handed to the
+ * unpacker as a range of the file (createReadStream with start and end), which a layer worker reads
+ * itself: this process never streams the layer's bytes. Its digest is its diff_id (the same bytes).
+ * Undefined when the archive needs the streaming reader (compressed, or a compressed member).
+ */
+async function readArchiveByOffset(file: string, store: LayerStore, options: ImportOptions): Promise<ArchiveContents | undefined> {
+  const fd = openSync(file, 'r');
+  let scanned: ReturnType<typeof scanTar>;
+  const contents: ArchiveContents = { documents: new Map(), layers: new Map() };
+  const big: ArchiveMember[] = [];
+  try {
+    const head = Buffer.alloc(4);
+    readSync(fd, head, 0, 4, 0);
+    if (sniffCompression(head) !== 'none') return undefined;
+    scanned = scanTar(fd);
+    if (!scanned) return undefined;
+    for (const name of [...scanned.members.map((m) => m.name), ...scanned.skipped]) {
+      const parts = name.split('/').filter((part) => part !== '' && part !== '.');
+      if (name.startsWith('/') || parts.includes('..')) {
+        throw new EnvyError('IMAGE', `archive ${file}: member "${name}" escapes the archive`, { hint: 'the archive is unsafe and was not imported' });
+      }
+    }
+    for (const member of scanned.members) {
+      const name = member.name.split('/').filter((part) => part !== '' && part !== '.').join('/');
+      if (name === '') continue;
+      if (member.size <= DOCUMENT_MAX) {
+        const bytes = Buffer.alloc(member.size);
+        if (readSync(fd, bytes, 0, member.size, member.offset) !== member.size) return undefined;
+        contents.documents.set(name, bytes);
+        continue;
+      }
+      readSync(fd, head, 0, 4, member.offset);
+      if (sniffCompression(head) !== 'none') return undefined;
+      big.push({ ...member, name });
+    }
+  } finally {
+    closeSync(fd);
+  }
+  for (const member of big) {
+    const meta = await store.addLayer(() => fileRangeStream({ path: file, start: member.offset, end: member.offset + member.size - 1 }), {
+      label: `${member.name} of ${file}`,
+      createdBy: `archive-import ${file}`,
+      unpack: options.unpack,
+      chown: options.chown,
+      removeTree: options.removeTree,
+    });
+    contents.layers.set(member.name, { diffId: meta.diffId, digest: meta.diffId, size: member.size });
+  }
+  return contents;
+}
+
 async function readArchive(file: string, store: LayerStore, options: ImportOptions): Promise<ArchiveContents> {
+  const byOffset = await readArchiveByOffset(file, store, options);
+  if (byOffset) return byOffset;
   const head = Buffer.alloc(4);
   const fd = openSync(file, 'r');
   try {

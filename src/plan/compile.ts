@@ -23,6 +23,7 @@ import { posix } from 'node:path';
 import type { Arch, BaseSource, EnvSpec, FileCopy, SetupStep, UserSpec } from '../config/types.js';
 import { hostArch } from '../config/normalize.js';
 import { formatReference, parseReference } from '../image/reference.js';
+import { archiveIdentity } from '../image/tar-scan.js';
 import { EnvyError } from '../errors.js';
 import { canonicalDigest, type Canonical } from './canonical.js';
 import { checkProjectPath, confine, hashFileCached, hashFileSync, projectRoot, treeDigest, treeEntries } from './content.js';
@@ -215,7 +216,8 @@ function baseStep(
 
 /**
  * An OCI layout is keyed by its index.json (it names every manifest by digest,
- * so it pins the whole image without hashing the blobs); an archive by its bytes.
+ * so it pins the whole image without hashing the blobs); a plain tar archive by its
+ * documents (archiveIdentity), a compressed one by its bytes.
  */
 function ociContent(real: string, label: string): { format?: OciFormat; digest: string } {
   if (statSync(real).isDirectory()) {
@@ -231,7 +233,7 @@ function ociContent(real: string, label: string): { format?: OciFormat; digest: 
     return { format: 'oci-layout', digest: `sha256:${digest}` };
   }
   const format = archiveFormat(real);
-  return { ...(format ? { format } : {}), digest: `sha256:${hashFileCached(real)}` };
+  return { ...(format ? { format } : {}), digest: archiveIdentity(real) ?? `sha256:${hashFileCached(real)}` };
 }
 
 const TAR_BLOCK = 512;
