@@ -7,6 +7,7 @@ import { EnvyError } from '../errors.js';
 import { startProcess } from '../exec.js';
 import { ensureHelper } from '../runtime/namespace/helper.js';
 import type { Identity } from '../runtime/types.js';
+import { readWorkerAnswers } from './unpack-protocol.js';
 import { workerPath, type LayerSnapshot } from './userns.js';
 
 type Worker = Awaited<ReturnType<typeof startProcess>>;
@@ -60,20 +61,12 @@ export class LayerJobSession {
   }
 
   private async readAnswers(): Promise<void> {
-    let pending = '';
-    for await (const chunk of this.worker.stdout) {
-      pending += chunk.toString();
-      const lines = pending.split('\n');
-      pending = lines.pop() ?? '';
-      for (const line of lines) {
-        if (!line.trim()) continue;
-        const answer = JSON.parse(line) as { id: number; result?: unknown; error?: string };
-        const waiter = this.waiting.get(answer.id);
-        this.waiting.delete(answer.id);
-        if (answer.error === undefined) waiter?.resolve(answer.result);
-        else waiter?.reject(new EnvyError('BUILD', answer.error, { hint: 'layer work failed inside the user namespace' }));
-      }
-    }
+    await readWorkerAnswers(this.worker.stdout, (answer) => {
+      const waiter = this.waiting.get(answer.id);
+      this.waiting.delete(answer.id);
+      if (answer.error === undefined) waiter?.resolve(answer.result);
+      else waiter?.reject(new EnvyError('BUILD', answer.error, { hint: 'layer work failed inside the user namespace' }));
+    });
   }
 
   private fail(error: Error): void {

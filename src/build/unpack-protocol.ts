@@ -70,3 +70,21 @@ export async function* readFrames(input: AsyncIterable<Buffer | string>): AsyncG
   }
   if (buffered > 0) throw new Error(`unpack session: the input ended inside a frame (${buffered} bytes left)`);
 }
+
+/** One answer of a layer worker: the request it settles, with its result or what went wrong. */
+export interface WorkerAnswer {
+  id: number;
+  result?: unknown;
+  error?: string;
+}
+
+/** A layer worker's answers on its stdout (one JSON object per line), in order, until it closes. */
+export async function readWorkerAnswers(output: AsyncIterable<Buffer | string>, onAnswer: (answer: WorkerAnswer) => void): Promise<void> {
+  let pending = '';
+  for await (const chunk of output) {
+    pending += chunk.toString();
+    const lines = pending.split('\n');
+    pending = lines.pop() ?? '';
+    for (const line of lines) if (line.trim()) onAnswer(JSON.parse(line) as WorkerAnswer);
+  }
+}

@@ -17,7 +17,7 @@ import { packageRoot } from '../package-root.js';
 import { ensureHelper } from '../runtime/namespace/helper.js';
 import type { Identity } from '../runtime/types.js';
 import type { VmDiskResult } from '../runtime/vm/disk-worker.js';
-import { encodeFrame, encodeFrameParts, FrameType, type UnpackJob } from './unpack-protocol.js';
+import { encodeFrame, encodeFrameParts, FrameType, readWorkerAnswers, type UnpackJob } from './unpack-protocol.js';
 
 /** A directory's identity as a layer: the digest of its deterministic tar (image/export.ts tarTree). */
 export interface LayerSnapshot {
@@ -178,20 +178,12 @@ export class UnpackSession {
   }
 
   private async readAnswers(): Promise<void> {
-    let pending = '';
-    for await (const chunk of this.worker.stdout) {
-      pending += chunk.toString();
-      const lines = pending.split('\n');
-      pending = lines.pop() ?? '';
-      for (const line of lines) {
-        if (!line.trim()) continue;
-        const answer = JSON.parse(line) as { id: number; result?: ExtractResult; error?: string };
-        const waiter = this.waiting.get(answer.id);
-        this.waiting.delete(answer.id);
-        if (answer.result) waiter?.resolve(answer.result);
-        else waiter?.reject(new EnvyError('BUILD', answer.error ?? 'the layer worker failed', { hint: 'unpacking failed inside the user namespace' }));
-      }
-    }
+    await readWorkerAnswers(this.worker.stdout, (answer) => {
+      const waiter = this.waiting.get(answer.id);
+      this.waiting.delete(answer.id);
+      if (answer.result) waiter?.resolve(answer.result as ExtractResult);
+      else waiter?.reject(new EnvyError('BUILD', answer.error ?? 'the layer worker failed', { hint: 'unpacking failed inside the user namespace' }));
+    });
   }
 
   private fail(error: Error): void {
